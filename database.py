@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS reports (
     as_of       TEXT,                            -- the report's `now`, ISO 8601 UTC, once known
     rows        INTEGER,
     seconds     REAL,
+    timings     TEXT,                            -- JSON: seconds spent in load / compute / write
     progress    REAL NOT NULL DEFAULT 0,
     attempts    INTEGER NOT NULL DEFAULT 0,
     error       TEXT,
@@ -110,6 +111,7 @@ def get_report_job(conn: sqlite3.Connection, report_id: str) -> dict | None:
         return None
     job = dict(row)
     job["params"] = json.loads(job["params"])
+    job["timings"] = json.loads(job["timings"]) if job["timings"] else None
     return job
 
 
@@ -126,11 +128,11 @@ def set_report_progress(conn: sqlite3.Connection, report_id: str, progress: floa
 
 
 def mark_report_complete(conn: sqlite3.Connection, report_id: str, *, file: str, rows: int, as_of: str,
-                         seconds: float) -> None:
+                         seconds: float, timings: dict | None = None) -> None:
     conn.execute(
         "UPDATE reports SET status = 'Complete', finished_at = ?, progress = 1, file = ?, rows = ?, "
-        "as_of = ?, seconds = ?, error = NULL WHERE report_id = ?",
-        (utc_now_iso(), file, rows, as_of, seconds, report_id),
+        "as_of = ?, seconds = ?, timings = ?, error = NULL WHERE report_id = ?",
+        (utc_now_iso(), file, rows, as_of, seconds, json.dumps(timings or {}), report_id),
     )
 
 
