@@ -1,0 +1,343 @@
+"""The report engine: uptime and downtime within business hours, exactly as docs/report-semantics.md says.
+
+`compute_report` is a pure function over DataFrames. It is vectorised: NumPy over all polls at once;
+the only Python loops run over timezones and local dates (a handful each), never over stores or polls.
+
+Time representation. All instants are int64 microseconds since the Unix epoch (UTC). Nearest-poll
+boundaries are midpoints of two polls, which may fall on half a microsecond, so segment bounds are kept
+in *half-microsecond ticks* (2 x microseconds). Every sum is then an exact integer, and the only
+rounding is the final conversion to minutes/hours.
+
+`generate_report` reads what a report needs from the database, computes, and writes the CSV atomically.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import pytz
+
+from config import DEFAULT_TIMEZONE
+
+US_PER_SECOND = 1_000_000
+US_PER_HOUR = 3600 * US_PER_SECOND
+US_PER_DAY = 24 * US_PER_HOUR
+TICKS_PER_US = 2  # half-microsecond ticks, see module docstring
+
+# Report windows: name, length. All end at `now` and are half-open: [now - length, now).
+WINDOWS = (("hour", US_PER_HOUR), ("day", US_PER_DAY), ("week", 7 * US_PER_DAY))
+WEEK_US = WINDOWS[-1][1]
+# Hour columns are in minutes, day and week columns in hours.
+WINDOW_UNIT_US = {"hour": 60 * US_PER_SECOND, "day": US_PER_HOUR, "week": US_PER_HOUR}
+
+STANDARD_COLUMNS = [
+    "store_id",
+    "uptime_last_hour", "uptime_last_day", "uptime_last_week",
+    "downtime_last_hour", "downtime_last_day", "downtime_last_week",
+]
+EXTENDED_COLUMNS = STANDARD_COLUMNS + ["unknown_last_hour", "unknown_last_day", "unknown_last_week"]
+
+# Business intervals are generated from local dates starting this long before the week window, so
+# every interval that can reach into the window is complete (an interval spans at most two local days).
+HORIZON_BEFORE_WEEK_US = 11 * US_PER_DAY
+# A merged interval that already covers this much time before the window start, up to it, means the
+# weekly schedule covers every local time of the week: the store is open continuously, and the interval
+# is treated as starting at minus infinity (as the reference does over the full history).
+CONTINUOUS_IF_COVERS_US = 8 * US_PER_DAY
+
+
+class ReportError(ValueError):
+    """A report cannot be made from the data as it is; the message is meant for the user."""
+
+
+@dataclass
+class ReportOutcome:
+    rows: int
+    as_of: pd.Timestamp
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+# --- input normalisation --------------------------------------------------------------------------
+
+def _timestamps_us(values: pd.Series) -> np.ndarray:
+    """UTC epoch microseconds from datetimes (naive = UTC) or ISO text."""
+    if not pd.api.types.is_datetime64_any_dtype(values):
+        values = pd.to_datetime(values, utc=True, format="ISO8601")
+    elif values.dt.tz is None:
+        values = values.dt.tz_localize("UTC")
+    return values.dt.tz_convert("UTC").dt.as_unit("us").astype("int64").to_numpy()
+
+
+def _to_utc_us(moment) -> int:
+    ts = pd.Timestamp(moment)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return int(ts.as_unit("us").asm8.astype("int64"))
+
+
+def _time_of_day_us(values: pd.Series) -> np.ndarray:
+    """Microseconds since local midnight for 'HH:MM:SS[.f]' text; -1 where unreadable or out of range."""
+    parsed = pd.to_timedelta(values.astype(str).str.strip(), errors="coerce")
+    us = parsed.to_numpy(dtype="timedelta64[us]").astype("int64")
+    bad = parsed.isna().to_numpy() | (us < 0) | (us >= US_PER_DAY)
+    us[bad] = -1
+    return us
+
+
+def _resolve_timezones(store_ids: pd.Index, timezones: pd.DataFrame, default_timezone: str):
+    """Zone name per store (aligned with `store_ids`), plus counts of defaulted and unknown zones."""
+    names = pd.Series(index=store_ids, dtype=object)
+    if len(timezones):
+        given = timezones.assign(store_id=timezones["store_id"].astype(str).str.strip())
+        given = given.drop_duplicates("store_id", keep="last").set_index("store_id")["timezone_str"]
+        names = given.reindex(store_ids)
+    names = names.astype(object).where(names.notna(), "").astype(str).str.strip()
+    missing = names == ""
+    unknown = ~missing & ~names.isin(pytz.all_timezones_set)
+    names = names.where(~(missing | unknown), default_timezone)
+    return names.to_numpy(), int(missing.sum()), int(unknown.sum())
+
+
+# --- business intervals -----------------------------------------------------------------------------
+
+def _localize_earliest(local_us: np.ndarray, zone: str) -> np.ndarray:
+    """Local wall-clock microseconds -> UTC microseconds in `zone`.
+
+    Ambiguous times (fall back) take the earlier instant; nonexistent times (spring-forward gap) become
+    the instant of the transition, which is what pandas' 'shift_forward' yields.
+    """
+    index = pd.DatetimeIndex(local_us.astype("datetime64[us]"))
+    as_dst = index.tz_localize(zone, ambiguous=np.ones(len(index), bool), nonexistent="shift_forward")
+    as_std = index.tz_localize(zone, ambiguous=np.zeros(len(index), bool), nonexistent="shift_forward")
+    return np.minimum(as_dst.as_unit("us").asi8, as_std.as_unit("us").asi8)
+
+
+def _business_intervals(codes: np.ndarray, day: np.ndarray, start_us: np.ndarray, end_us: np.ndarray,
+                        zone_of_code: np.ndarray, from_us: int, to_us: int):
+    """UTC intervals (code, begin, end) of each row on every local date in [from_us, to_us].
+
+    Rows are already normalised: `end_us` may exceed one day (overnight or 24-hour rows).
+    """
+    out_codes, out_begin, out_end = [], [], []
+    row_zone = zone_of_code[codes]
+    for zone in np.unique(row_zone):
+        in_zone = np.flatnonzero(row_zone == zone)
+        tz = pytz.timezone(zone)
+        first = pd.Timestamp(from_us, unit="us", tz="UTC").tz_convert(tz).date()
+        last = pd.Timestamp(to_us, unit="us", tz="UTC").tz_convert(tz).date()
+        local_begin, local_end, row_of = [], [], []
+        for date in pd.date_range(first, last, freq="D"):
+            rows = in_zone[day[in_zone] == date.weekday()]
+            midnight = int(date.as_unit("us").asm8.astype("int64"))
+            local_begin.append(midnight + start_us[rows])
+            local_end.append(midnight + end_us[rows])
+            row_of.append(rows)
+        rows = np.concatenate(row_of)
+        out_codes.append(codes[rows])
+        out_begin.append(_localize_earliest(np.concatenate(local_begin), zone))
+        out_end.append(_localize_earliest(np.concatenate(local_end), zone))
+    if not out_codes:
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty
+    return np.concatenate(out_codes), np.concatenate(out_begin), np.concatenate(out_end)
+
+
+def _merge_intervals(codes: np.ndarray, begin: np.ndarray, end: np.ndarray):
+    """Merge overlapping or touching intervals per store. Returns sorted (code, begin, end)."""
+    keep = end > begin  # zero-length intervals (e.g. inside a DST gap) hold no time
+    codes, begin, end = codes[keep], begin[keep], end[keep]
+    if len(codes) == 0:
+        return codes, begin, end
+    order = np.lexsort((begin, codes))
+    codes, begin, end = codes[order], begin[order], end[order]
+    # Running maximum of `end` within each store: shift every store into its own band of the number line.
+    base = begin.min()
+    band = int(end.max() - base) + 1
+    reach = np.maximum.accumulate(codes * band + (end - base))
+    starts_new = np.ones(len(codes), bool)
+    starts_new[1:] = (codes[1:] != codes[:-1]) | (codes[1:] * band + (begin[1:] - base) > reach[:-1])
+    first = np.flatnonzero(starts_new)
+    last = np.append(first[1:], len(codes)) - 1
+    return codes[first], begin[first], reach[last] - codes[last] * band + base
+
+
+def _round_hundredths(ticks: np.ndarray, unit: int) -> np.ndarray:
+    """ticks / unit rounded to 2 decimals, half up, computed exactly on integers.
+
+    The sums are whole ticks below 2**53, so the float64 totals from bincount are exact integers.
+    """
+    ticks = np.rint(ticks).astype(np.int64)
+    return ((200 * ticks + unit) // (2 * unit)) / 100
+
+
+# --- the engine ---------------------------------------------------------------------------------------
+
+def compute_report(polls: pd.DataFrame, business_hours: pd.DataFrame, timezones: pd.DataFrame,
+                   now=None, *, default_timezone: str = DEFAULT_TIMEZONE,
+                   store_ids: Iterable[str] | None = None, extended: bool = False) -> pd.DataFrame:
+    """The report rows for every store with a poll at or before `now`, sorted by store_id as text.
+
+    polls: store_id, timestamp_utc (datetime64 or ISO text), status ('active'/'inactive').
+    business_hours: store_id, day_of_week (0 = Monday), start_time_local, end_time_local ('HH:MM:SS[.f]').
+    timezones: store_id, timezone_str.
+    now: the reference time (UTC); default the latest poll. Polls after it are ignored.
+    Metadata (the report's now, timezone counts) is returned in `frame.attrs`.
+    """
+    if default_timezone not in pytz.all_timezones_set:
+        raise ReportError(f"default timezone {default_timezone!r} is not in the tz database")
+    columns = EXTENDED_COLUMNS if extended else STANDARD_COLUMNS
+
+    status = polls["status"].astype(str)
+    is_active = (status == "active").to_numpy()
+    readable = is_active | (status == "inactive").to_numpy()
+    t_us = _timestamps_us(polls["timestamp_utc"])
+    if now is None:
+        if not readable.any():
+            raise ReportError("there are no polls to report on")
+        now_us = int(t_us[readable].max())
+    else:
+        now_us = _to_utc_us(now)
+    keep = readable & (t_us <= now_us)
+    poll_codes, store_index = pd.factorize(polls["store_id"].astype(str), sort=False)
+    poll_codes, t_us, is_active = poll_codes[keep], t_us[keep], is_active[keep]
+
+    # The stores reported: those with a poll at or before now (optionally restricted to a list).
+    present = np.zeros(len(store_index), bool)
+    present[poll_codes] = True
+    if store_ids is not None:
+        present &= np.asarray(store_index.isin(list(store_ids)))
+    # Renumber stores 0..n-1 in store_id text order, so the output needs no further sorting.
+    reported = np.asarray(store_index)[present].astype(str)
+    text_order = np.argsort(reported, kind="stable")
+    new_code = np.full(len(store_index), -1, np.int64)
+    new_code[np.flatnonzero(present)[text_order]] = np.arange(len(reported))
+    store_ids_sorted = pd.Index(reported[text_order])
+    poll_codes = new_code[poll_codes]
+    in_report = poll_codes >= 0
+    poll_codes, t_us, is_active = poll_codes[in_report], t_us[in_report], is_active[in_report]
+    n_stores = len(store_ids_sorted)
+
+    zone_of_code, n_missing_tz, n_unknown_tz = _resolve_timezones(store_ids_sorted, timezones, default_timezone)
+    meta = {
+        "now": pd.Timestamp(now_us, unit="us", tz="UTC"),
+        "stores": n_stores,
+        "stores_without_timezone": n_missing_tz,
+        "stores_with_unknown_timezone": n_unknown_tz,
+        "default_timezone": default_timezone,
+    }
+
+    week_start = now_us - WEEK_US
+    horizon = week_start - HORIZON_BEFORE_WEEK_US
+    neg_inf, pos_inf = horizon - US_PER_DAY, now_us + US_PER_DAY  # stand-ins for -inf/+inf, see below
+
+    # Business hours rows of reported stores, normalised to [start, end) microseconds after local midnight.
+    hours = business_hours if len(business_hours) else pd.DataFrame(
+        {"store_id": [], "day_of_week": [], "start_time_local": [], "end_time_local": []}, dtype=object)
+    hours_store = store_index.get_indexer(hours["store_id"].astype(str))
+    hours_codes = np.where(hours_store >= 0, new_code[hours_store], -1)
+    day = pd.to_numeric(hours["day_of_week"], errors="coerce").to_numpy(dtype=float)
+    start_us = _time_of_day_us(hours["start_time_local"])
+    end_us = _time_of_day_us(hours["end_time_local"])
+    # Rows the loader would reject are absent (a store left without rows is open 24/7).
+    valid_row = (hours_codes >= 0) & np.isin(day, np.arange(7)) & (start_us >= 0) & (end_us >= 0)
+    hours_codes, day = hours_codes[valid_row], day[valid_row].astype(np.int64)
+    start_us, end_us = start_us[valid_row], end_us[valid_row]
+    # '23:59:59' (with or without fraction) means midnight at the end of the day.
+    end_us = np.where(end_us // US_PER_SECOND == US_PER_DAY // US_PER_SECOND - 1, US_PER_DAY, end_us)
+    # end <= start: the interval ends on the next local day (start == end: open 24 hours).
+    end_us = np.where(end_us <= start_us, end_us + US_PER_DAY, end_us)
+
+    scheduled = np.zeros(n_stores, bool)
+    scheduled[hours_codes] = True
+    iv_codes, iv_begin, iv_end = _business_intervals(hours_codes, day, start_us, end_us, zone_of_code,
+                                                     horizon, now_us + US_PER_DAY)
+    iv_codes, iv_begin, iv_end = _merge_intervals(iv_codes, iv_begin, iv_end)
+    iv_begin = np.where(iv_begin <= week_start - CONTINUOUS_IF_COVERS_US, neg_inf, iv_begin)
+    # Stores without business hours are open 24/7: one interval without end.
+    always_open = np.flatnonzero(~scheduled)
+    iv_codes = np.concatenate([iv_codes, always_open])
+    iv_begin = np.concatenate([iv_begin, np.full(len(always_open), neg_inf)])
+    iv_end = np.concatenate([iv_end, np.full(len(always_open), pos_inf)])
+    # Only intervals that reach into the week window matter. A poll is evidence for the interval that
+    # contains it (`iv_limit`, its real end); statuses never hold past now (`iv_end`).
+    iv_limit = iv_end
+    iv_end = np.minimum(iv_limit, now_us)
+    relevant = (iv_end > week_start) & (iv_begin < iv_end)
+    order = np.lexsort((iv_begin[relevant], iv_codes[relevant]))
+    iv_codes, iv_begin, iv_end, iv_limit = (a[relevant][order] for a in (iv_codes, iv_begin, iv_end, iv_limit))
+
+    # Polls older than the horizon can only fall in an interval open since "minus infinity", and of those
+    # only each store's latest can own time in the week window. Keep just that instant, moved to
+    # `neg_inf`: membership is unchanged, and its midpoint with the next poll stays before the window
+    # (the horizon is more than a week before it), so no number changes.
+    stale = np.flatnonzero(t_us < neg_inf)
+    if len(stale):
+        latest = pd.Series(t_us[stale]).groupby(poll_codes[stale]).transform("max").to_numpy()
+        drop = stale[t_us[stale] < latest]
+        keep = np.ones(len(t_us), bool)
+        keep[drop] = False
+        poll_codes, t_us, is_active = poll_codes[keep], np.maximum(t_us[keep], neg_inf), is_active[keep]
+
+    # Match polls to the interval that contains them, on one sorted key: store band + time.
+    band = pos_inf - neg_inf + 1
+    if n_stores and n_stores * band >= 2 ** 62:
+        raise ReportError("too many stores for one report; restrict it with store_ids")
+    poll_key = poll_codes * band + (t_us - neg_inf)
+    order = np.argsort(poll_key, kind="stable")
+    poll_key, poll_codes, t_us, is_active = poll_key[order], poll_codes[order], t_us[order], is_active[order]
+    # Two polls of one store at one instant: identical ones count once; if they differ, inactive wins.
+    first_of_instant = np.ones(len(poll_key), bool)
+    first_of_instant[1:] = poll_key[1:] != poll_key[:-1]
+    runs = np.flatnonzero(first_of_instant)
+    if len(runs) < len(poll_key):
+        is_active = np.minimum.reduceat(is_active.astype(np.int8), runs).astype(bool)
+        poll_key, poll_codes, t_us = poll_key[runs], poll_codes[runs], t_us[runs]
+
+    iv_key = iv_codes * band + (iv_begin - neg_inf)
+    iv_of_poll = np.searchsorted(iv_key, poll_key, side="right") - 1
+    candidate = np.maximum(iv_of_poll, 0)
+    evidence = (iv_of_poll >= 0) & (iv_codes[candidate] == poll_codes) & (t_us < iv_limit[candidate])
+    g, t, active = iv_of_poll[evidence], t_us[evidence], is_active[evidence]
+
+    # Nearest-poll segments, in ticks: each poll owns [midpoint with previous, midpoint with next),
+    # the first of an interval from its begin, the last up to its end (already capped at now).
+    first_in_iv = np.ones(len(g), bool)
+    first_in_iv[1:] = g[1:] != g[:-1]
+    last_in_iv = np.ones(len(g), bool)
+    last_in_iv[:-1] = first_in_iv[1:]
+    seg_begin = np.empty(len(g), np.int64)
+    seg_end = np.empty(len(g), np.int64)
+    seg_begin[1:] = t[:-1] + t[1:]
+    seg_end[:-1] = seg_begin[1:]
+    seg_begin[first_in_iv] = TICKS_PER_US * iv_begin[g[first_in_iv]]
+    seg_end[last_in_iv] = TICKS_PER_US * iv_end[g[last_in_iv]]
+    seg_store = iv_codes[g]
+
+    has_evidence = np.zeros(len(iv_codes), bool)
+    has_evidence[g] = True
+    unknown_iv = ~has_evidence
+
+    result = {"store_id": store_ids_sorted}
+    end_ticks = TICKS_PER_US * now_us
+    for name, length in WINDOWS:
+        window_begin = TICKS_PER_US * (now_us - length)
+        covered = np.clip(np.minimum(seg_end, end_ticks) - np.maximum(seg_begin, window_begin), 0, None)
+        up = np.bincount(seg_store[active], weights=covered[active], minlength=n_stores)
+        down = np.bincount(seg_store[~active], weights=covered[~active], minlength=n_stores)
+        iv_covered = np.clip(np.minimum(TICKS_PER_US * iv_end, end_ticks)
+                             - np.maximum(TICKS_PER_US * iv_begin, window_begin), 0, None)
+        unknown = np.bincount(iv_codes[unknown_iv], weights=iv_covered[unknown_iv], minlength=n_stores)
+        unit = TICKS_PER_US * WINDOW_UNIT_US[name]
+        result[f"uptime_last_{name}"] = _round_hundredths(up, unit)
+        result[f"downtime_last_{name}"] = _round_hundredths(down, unit)
+        result[f"unknown_last_{name}"] = _round_hundredths(unknown, unit)
+    frame = pd.DataFrame(result)[columns]
+    frame.attrs.update(meta)
+    return frame
