@@ -1,0 +1,700 @@
+"""The HTTP API (app.py): report jobs end to end, bad input, ingestion, health, OpenAPI.
+
+Every app made here records each answer (route, method, status); when the test ends, the fixture checks
+that the OpenAPI document lists that status for that operation, and that no worker thread is left.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import threading
+import time
+import uuid
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+import app as app_module
+import database
+from app import create_app, openapi_document, shutdown
+from config import Settings
+
+try:
+    import report_generator
+except ImportError:  # pragma: no cover
+    report_generator = None
+try:
+    import sample_data
+except ImportError:  # pragma: no cover
+    sample_data = None
+
+HAVE_ENGINE = report_generator is not None and hasattr(report_generator, "generate_report") \
+    and hasattr(database, "read_report_inputs")
+HAVE_INGEST = all(hasattr(database, name) for name in ("read_table_csv", "ingest_store_status", "LoadError"))
+HAVE_DATA = sample_data is not None and hasattr(sample_data, "generate_dataset") and hasattr(database, "load_files")
+needs_engine = pytest.mark.skipif(not (HAVE_ENGINE and HAVE_DATA), reason="report engine or sample data not there yet")
+needs_ingest = pytest.mark.skipif(not HAVE_INGEST, reason="ingestion functions not there yet")
+
+STANDARD_HEADER = ("store_id,uptime_last_hour,uptime_last_day,uptime_last_week,"
+                   "downtime_last_hour,downtime_last_day,downtime_last_week")
+
+
+def worker_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("report-worker-") and t.is_alive()]
+
+
+def openapi_path(rule: str) -> str:
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings(database_path=tmp_path / "db.sqlite3", reports_dir=tmp_path / "reports",
+                    data_dir=tmp_path / "data", workers=2, queue_limit=16)
+
+
+@pytest.fixture
+def make_app(settings):
+    """`make_app(**kwargs)` -> app on the temporary database; closed (and checked) after the test."""
+    made = []
+    document = openapi_document()
+
+    def make(app_settings=None, **kwargs):
+        app = create_app(app_settings or settings, **kwargs)
+        seen = []
+
+        @app.after_request
+        def record(response):
+            if request_rule() is not None:
+                seen.append((openapi_path(request_rule()), request_method(), response.status_code))
+            return response
+
+        made.append((app, seen))
+        return app
+
+    yield make
+    for app, _ in made:
+        shutdown(app, timeout=10)
+    assert worker_threads() == [], "worker threads left behind"
+    for _, seen in made:
+        for path, method, status in seen:
+            responses = document["paths"][path][method.lower()]["responses"]
+            assert str(status) in responses, f"{method} {path} answered {status}, not in openapi.json"
+
+
+def request_rule():
+    from flask import request
+
+    return request.url_rule.rule if request.url_rule is not None else None
+
+
+def request_method():
+    from flask import request
+
+    return request.method
+
+
+class FakeEngine:
+    """generate_report stand-in: deterministic output, optionally blocks until released."""
+
+    def __init__(self, block: threading.Event | None = None, error: Exception | None = None):
+        self.block, self.error = block, error
+        self.started = threading.Semaphore(0)
+        self.calls = []
+
+    def __call__(self, database_path, out_path, *, as_of=None, store_ids=None, extended=False,
+                 default_timezone="America/Chicago", progress=None):
+        self.calls.append(dict(as_of=as_of, store_ids=store_ids, extended=extended))
+        self.started.release()
+        if progress:
+            progress(0.25)
+        if self.block is not None:
+            assert self.block.wait(10), "test never released the fake engine"
+        if self.error is not None:
+            raise self.error
+        out_path.write_text(STANDARD_HEADER + "\ns1,60.0,24.0,168.0,0.0,0.0,0.0\n")
+        return SimpleNamespace(rows=1, as_of=pd.Timestamp("2023-01-25 18:13:22", tz="UTC"), seconds=0.5,
+                               timings={"load": 0.2, "compute": 0.2, "write": 0.1}, meta={})
+
+
+def poll(client, report_id, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get("/get_report", query_string={"report_id": report_id})
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        if body["status"] != "Running":
+            return body
+        assert set(body) == {"status", "progress"} and 0.0 <= body["progress"] <= 1.0
+        time.sleep(0.02)
+    raise AssertionError(f"report {report_id} still running after {timeout} s")
+
+
+def trigger(client, body=None):
+    response = client.post("/trigger_report", json=body) if body is not None else client.post("/trigger_report")
+    assert response.status_code == 202, response.get_json()
+    report_id = response.get_json()["report_id"]
+    assert uuid.UUID(report_id).version == 4
+    return report_id
+
+
+def assert_json_error(response, status):
+    assert response.status_code == status, (response.status_code, response.data[:300])
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    assert "Traceback" not in body["error"] and "<html" not in response.get_data(as_text=True).lower()
+    return body["error"]
+
+
+# --- job lifecycle through the API (fake engine) -----------------------------------------------------
+
+def test_trigger_poll_download_with_fake_engine(make_app, settings):
+    engine = FakeEngine()
+    client = make_app(generate=engine).test_client()
+    response = client.post("/trigger_report")
+    assert response.status_code == 202
+    report_id = response.get_json()["report_id"]
+    assert response.headers["Location"] == f"/get_report?report_id={report_id}"
+    body = poll(client, report_id)
+    assert body == {"status": "Complete", "download_url": f"/reports/{report_id}.csv", "rows": 1,
+                    "as_of": "2023-01-25T18:13:22Z", "seconds": 0.5,
+                    "timings": {"load": 0.2, "compute": 0.2, "write": 0.1}}
+    download = client.get(body["download_url"])
+    assert download.status_code == 200 and download.mimetype == "text/csv"
+    assert download.headers["Content-Disposition"].startswith("attachment")
+    assert f"{report_id}.csv" in download.headers["Content-Disposition"]
+    assert download.get_data(as_text=True) == (settings.reports_dir / f"{report_id}.csv").read_text()
+    # Accept: text/csv on /get_report gives the CSV itself once complete
+    as_csv = client.get("/get_report", query_string={"report_id": report_id}, headers={"Accept": "text/csv"})
+    assert as_csv.status_code == 200 and as_csv.mimetype == "text/csv"
+    assert as_csv.data == download.data
+    # ... while a browser-ish Accept still gets JSON
+    as_json = client.get("/get_report", query_string={"report_id": report_id},
+                         headers={"Accept": "text/html,application/json;q=0.9,*/*;q=0.8"})
+    assert as_json.get_json()["status"] == "Complete"
+    assert engine.calls == [dict(as_of=None, store_ids=None, extended=False)]
+
+
+def test_trigger_parameters_reach_the_engine(make_app):
+    engine = FakeEngine()
+    client = make_app(generate=engine).test_client()
+    cases = [
+        ({"as_of": "2023-01-25T18:00:00Z"}, pd.Timestamp("2023-01-25 18:00", tz="UTC"), None, False),
+        ({"as_of": "2023-01-25T18:00:00+00:00"}, pd.Timestamp("2023-01-25 18:00", tz="UTC"), None, False),
+        ({"as_of": "2023-01-25 18:00:00.5"}, pd.Timestamp("2023-01-25 18:00:00.5", tz="UTC"), None, False),
+        ({"as_of": "2023-01-25 12:00:00-06:00"}, pd.Timestamp("2023-01-25 18:00", tz="UTC"), None, False),
+        ({"as_of": "2023-01-22 12:09:39.388884 UTC"}, pd.Timestamp("2023-01-22 12:09:39.388884", tz="UTC"),
+         None, False),
+        ({"store_ids": ["b", "a", "b"], "columns": "extended"}, None, ["b", "a"], True),
+        ({"columns": "standard", "as_of": None, "store_ids": None}, None, None, False),
+    ]
+    for body, as_of, store_ids, extended in cases:
+        assert poll(client, trigger(client, body))["status"] == "Complete"
+        assert engine.calls[-1] == dict(as_of=as_of, store_ids=store_ids, extended=extended), body
+
+
+def test_empty_and_null_bodies_are_accepted(make_app):
+    client = make_app(generate=FakeEngine()).test_client()
+    for data, content_type in [(b"", None), (b"  \n", "application/json"), (b"{}", "application/json"),
+                               (b"null", "application/json"), (b"{}", "text/plain")]:
+        response = client.post("/trigger_report", data=data, content_type=content_type)
+        assert response.status_code == 202, (data, response.get_json())
+        poll(client, response.get_json()["report_id"])
+
+
+def test_running_and_failed_states(make_app):
+    release = threading.Event()
+    engine = FakeEngine(block=release, error=RuntimeError("disk on fire at /secret/path"))
+    client = make_app(generate=engine).test_client()
+    report_id = trigger(client)
+    assert engine.started.acquire(timeout=5)
+    running = client.get("/get_report", query_string={"report_id": report_id})
+    assert running.get_json()["status"] == "Running"
+    # asking for CSV before it exists still gets the status, not an error
+    early = client.get("/get_report", query_string={"report_id": report_id}, headers={"Accept": "text/csv"})
+    assert early.status_code == 200 and early.get_json()["status"] == "Running"
+    assert_json_error(client.get(f"/reports/{report_id}.csv"), 404)
+    release.set()
+    failed = poll(client, report_id)
+    assert set(failed) == {"status", "error"} and failed["status"] == "Failed"
+    assert "secret" not in failed["error"] and report_id in failed["error"]
+    assert_json_error(client.get(f"/reports/{report_id}.csv"), 404)
+
+
+def test_report_error_is_shown_to_the_user(make_app):
+    if report_generator is None:
+        pytest.skip("report_generator missing")
+    error = report_generator.ReportError("there are no polls to report on; load store_status first")
+    client = make_app(generate=FakeEngine(error=error)).test_client()
+    assert poll(client, trigger(client)) == {"status": "Failed", "error": str(error)}
+
+
+def test_queue_full_answers_429_with_retry_after(make_app, settings):
+    from dataclasses import replace
+
+    release = threading.Event()
+    engine = FakeEngine(block=release)
+    client = make_app(replace(settings, workers=1, queue_limit=2), generate=engine).test_client()
+    first = trigger(client)
+    assert engine.started.acquire(timeout=5)          # the worker holds the first job
+    waiting = [trigger(client), trigger(client)]       # fills the queue
+    response = client.post("/trigger_report")
+    assert "full" in assert_json_error(response, 429)
+    assert int(response.headers["Retry-After"]) > 0
+    health = client.get("/health").get_json()
+    assert health["queue"] == {"depth": 2, "limit": 2}
+    release.set()
+    for report_id in [first, *waiting]:
+        assert poll(client, report_id)["status"] == "Complete"
+    trigger(client)  # room again
+
+
+def test_ten_concurrent_triggers_fake_engine(make_app, settings):
+    app = make_app(generate=FakeEngine())
+    ids = run_concurrent_triggers(app, 10)
+    for report_id in ids:
+        assert (settings.reports_dir / f"{report_id}.csv").is_file()
+
+
+def run_concurrent_triggers(app, count, body=None):
+    ids, errors = [], []
+    barrier = threading.Barrier(count)
+
+    def one():
+        try:
+            client = app.test_client()
+            barrier.wait(5)
+            ids.append(trigger(client, body))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not errors, errors
+    assert len(ids) == count and len(set(ids)) == count
+    client = app.test_client()
+    files = set()
+    for report_id in ids:
+        body = poll(client, report_id, timeout=60)
+        assert body["status"] == "Complete", body
+        files.add(body["download_url"])
+        assert client.get(body["download_url"]).status_code == 200
+    assert len(files) == count
+    return ids
+
+
+# --- restart recovery --------------------------------------------------------------------------------
+
+def test_restart_recovery(make_app, settings):
+    conn = database.connect(settings.database_path)
+    rerun, given_up = str(uuid.uuid4()), str(uuid.uuid4())
+    for report_id, attempts in [(rerun, 1), (given_up, 2)]:
+        database.create_report_job(conn, report_id, {"as_of": None, "store_ids": None, "columns": "standard"})
+        conn.execute("UPDATE reports SET status = 'Running', attempts = ?, progress = 0.4 WHERE report_id = ?",
+                     (attempts, report_id))
+    conn.close()
+    client = make_app(generate=FakeEngine()).test_client()
+    assert poll(client, rerun)["status"] == "Complete"
+    failed = poll(client, given_up)
+    assert failed["status"] == "Failed" and "interrupted twice" in failed["error"]
+
+
+def test_jobs_queued_without_workers_run_after_restart(make_app, settings):
+    idle = make_app(start_workers=False)
+    client = idle.test_client()
+    report_id = trigger(client)
+    assert client.get("/get_report", query_string={"report_id": report_id}).get_json() == \
+        {"status": "Running", "progress": 0.0}
+    assert_json_error_or_health(client.get("/health"), 503)
+    shutdown(idle)
+    client = make_app(generate=FakeEngine()).test_client()
+    assert poll(client, report_id)["status"] == "Complete"
+
+
+def assert_json_error_or_health(response, status):
+    assert response.status_code == status
+    assert response.get_json()["status"] == "unhealthy"
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+BAD_TRIGGER_BODIES = [
+    (b"{not json", "application/json", "not valid JSON"),
+    (b"\xff\xfe", "application/json", "not valid JSON"),
+    (b"[1, 2]", "application/json", "JSON object"),
+    (b'"standard"', "application/json", "JSON object"),
+    (b'{"colums": "standard"}', "application/json", "unknown key"),
+    (b'{"as_of": "yesterday"}', "application/json", "as_of"),
+    (b'{"as_of": 1674670402}', "application/json", "as_of"),
+    (b'{"as_of": ""}', "application/json", "as_of"),
+    (b'{"as_of": "2023-02-30T00:00:00Z"}', "application/json", "as_of"),
+    (b'{"as_of": "2023-01-25T25:00:00Z"}', "application/json", "as_of"),
+    (b'{"as_of": "0001-01-01T00:00:00+14:00"}', "application/json", "as_of"),
+    (b'{"as_of": "9999-01-01T00:00:00Z"}', "application/json", "as_of"),
+    (b'{"store_ids": "8419537941919820732"}', "application/json", "store_ids"),
+    (b'{"store_ids": {"a": 1}}', "application/json", "store_ids"),
+    (b'{"store_ids": [8419537941919820732]}', "application/json", "store_ids[0]"),
+    (b'{"store_ids": ["a", null]}', "application/json", "store_ids[1]"),
+    (b'{"store_ids": [""]}', "application/json", "store_ids[0]"),
+    (b'{"store_ids": []}', "application/json", "store_ids"),
+    (b'{"columns": "all"}', "application/json", "columns"),
+    (b'{"columns": ["extended"]}', "application/json", "columns"),
+]
+
+
+@pytest.mark.parametrize("data,content_type,mentions", BAD_TRIGGER_BODIES)
+def test_bad_trigger_bodies(make_app, settings, data, content_type, mentions):
+    client = make_app(start_workers=False).test_client()
+    message = assert_json_error(client.post("/trigger_report", data=data, content_type=content_type), 400)
+    assert mentions in message
+    conn = database.connect(settings.database_path)
+    assert conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 0  # nothing was queued
+    conn.close()
+
+
+@pytest.mark.parametrize("query,status", [
+    ("", 400),
+    ("report_id=", 400),
+    ("report_id=%20", 400),
+    ("report_id=abc", 400),
+    ("report_id=../../database.py", 400),
+    ("report_id=123e4567e89b12d3a456426614174000", 400),
+    ("report_id=123e4567-e89b-12d3-a456-42661417400", 400),
+    (f"report_id={uuid.uuid4()}", 404),
+    (f"report_id={str(uuid.uuid4()).upper()}", 404),
+])
+def test_bad_report_ids(make_app, query, status):
+    client = make_app(start_workers=False).test_client()
+    assert_json_error(client.get(f"/get_report?{query}"), status)
+
+
+def test_download_route_only_serves_completed_jobs(make_app, settings):
+    app = make_app(generate=FakeEngine())
+    client = app.test_client()
+    report_id = trigger(client)
+    poll(client, report_id)
+    stranger = str(uuid.uuid4())  # a CSV in the reports directory that no job owns
+    (settings.reports_dir / f"{stranger}.csv").write_text("secret\n")
+    (settings.reports_dir / "notes.csv").write_text("secret\n")
+    # a job row whose file name points outside the reports directory is refused too
+    conn = database.connect(settings.database_path)
+    evil = str(uuid.uuid4())
+    database.create_report_job(conn, evil, {})
+    database.mark_report_complete(conn, evil, file="../db.sqlite3", rows=0, as_of="2023-01-01T00:00:00Z",
+                                  seconds=0)
+    conn.close()
+    for url in [
+        "/reports/..%2Fdatabase.py", "/reports/..%2F..%2Fapp.py", "/reports/%2e%2e%2fconfig.py",
+        "/reports/../app.py", "/reports/..\\app.py", "/reports/notes.csv", f"/reports/{stranger}.csv",
+        f"/reports/{evil}.csv", f"/reports/{report_id}", f"/reports/{report_id}.txt",
+        f"/reports/{report_id}.csv/../../app.py", "/reports/", "/reports",
+    ]:
+        response = client.get(url)
+        assert_json_error(response, 404)
+        assert b"secret" not in response.data
+    assert client.get(f"/reports/{report_id}.csv").status_code == 200
+    assert client.get(f"/reports/{report_id.upper()}.csv").status_code == 200
+
+
+def test_http_errors_are_json(make_app, settings):
+    app = make_app(start_workers=False)
+    client = app.test_client()
+    assert_json_error(client.get("/nope"), 404)
+    assert_json_error(client.get("/"), 404)
+    response = client.get("/trigger_report")
+    assert_json_error(response, 405)
+    assert "POST" in response.headers["Allow"]
+    assert_json_error(client.delete("/get_report"), 405)
+    app.config["MAX_CONTENT_LENGTH"] = 1000
+    message = assert_json_error(client.post("/store_status", data=b"x" * 5000, content_type="text/csv"), 413)
+    assert "1000" in message
+    assert_json_error(client.post("/trigger_report", data=b" " * 5000, content_type="application/json"), 413)
+
+
+def test_unexpected_errors_are_500_json_without_details(make_app, monkeypatch, caplog):
+    client = make_app(start_workers=False).test_client()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret detail from the database layer")
+
+    monkeypatch.setattr(database, "get_report_job", broken)
+    response = client.get("/get_report", query_string={"report_id": str(uuid.uuid4())})
+    message = assert_json_error(response, 500)
+    assert "secret" not in message
+    assert any("secret detail" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+
+
+# --- ingestion ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("data,content_type,status", [
+    (b"", "text/csv", 400),
+    (b"   ", "application/json", 400),
+    (b"{not json", "application/json", 400),
+    (b'{"store_id": "a"}', "application/json", 400),
+    (b'[1, 2]', "application/json", 400),
+    (b'[{"store_id": "a", "status": "active", "timestamp": "2023-01-01 00:00:00 UTC"}]', "application/json", 400),
+    (b'[{"store_id": {"x": 1}, "status": "active", "timestamp_utc": "2023-01-01"}]', "application/json", 400),
+    (b'[{"store_id": "a", "status": true, "timestamp_utc": "2023-01-01"}]', "application/json", 400),
+    (b"<polls/>", "application/xml", 415),
+])
+def test_bad_store_status_bodies(make_app, data, content_type, status):
+    client = make_app(start_workers=False).test_client()
+    assert_json_error(client.post("/store_status", data=data, content_type=content_type), status)
+
+
+@needs_ingest
+def test_store_status_missing_column_is_400(make_app):
+    client = make_app(start_workers=False).test_client()
+    message = assert_json_error(client.post("/store_status", data=b"store_id,status\na,active\n",
+                                            content_type="text/csv"), 400)
+    assert "timestamp_utc" in message
+
+
+def poll_count(settings):
+    conn = database.connect(settings.database_path)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM store_status").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@needs_ingest
+def test_store_status_csv_and_json(make_app, settings):
+    client = make_app(start_workers=False).test_client()
+    body = ("store_id,status,timestamp_utc\n"
+            "s1,active,2023-01-22 12:09:39.388884 UTC\n"
+            "s1,inactive,2023-01-22 13:09:39 UTC\n"
+            "s2,maybe,2023-01-22 13:09:39 UTC\n"
+            "s3,active,2023-02-30 13:09:39 UTC\n")
+    response = client.post("/store_status", data=body, content_type="text/csv; charset=utf-8")
+    assert response.status_code == 200, response.get_json()
+    summary = response.get_json()
+    assert summary_counts(summary) == (4, 2, 2)
+    items = [{"store_id": "s2", "status": "active", "timestamp_utc": "2023-01-22T14:00:00Z"},
+             {"store_id": "s2", "status": "inactive", "timestamp_utc": "2023-01-22T15:00:00+00:00"},
+             {"store_id": "", "status": "active", "timestamp_utc": "2023-01-22T15:00:00Z"}]
+    response = client.post("/store_status", json=items)
+    assert response.status_code == 200, response.get_json()
+    assert summary_counts(response.get_json()) == (3, 2, 1)
+    assert poll_count(settings) == 4
+
+
+def summary_counts(summary: dict) -> tuple[int, int, int]:
+    """(read, loaded, rejected) from a load summary, whatever shape its rejected part has."""
+    rejected = summary.get("rejected")
+    if isinstance(rejected, dict):
+        rejected = sum(v if isinstance(v, int) else v.get("count", 0) for v in rejected.values())
+    return summary["read"], summary["loaded"], rejected
+
+
+# --- health and OpenAPI ------------------------------------------------------------------------------
+
+def test_health(make_app, monkeypatch):
+    client = make_app(generate=FakeEngine()).test_client()
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok", "database": "ok", "workers": {"alive": 2, "configured": 2},
+                                   "queue": {"depth": 0, "limit": 16}}
+
+    def unreachable(path):
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(database, "connect", unreachable)
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["database"] == "unreachable"
+
+
+def test_openapi_matches_url_map(make_app):
+    app = make_app(start_workers=False)
+    document = app.test_client().get("/openapi.json").get_json()
+    assert document["openapi"].startswith("3.")
+    routes = {}
+    for rule in app.url_map.iter_rules():
+        methods = {m.lower() for m in rule.methods} - {"head", "options"}
+        routes.setdefault(openapi_path(rule.rule), set()).update(methods)
+    documented = {path: set(item) for path, item in document["paths"].items()}
+    assert routes == documented
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            assert operation["responses"], (path, method)
+            for name in re.findall(r"{([^}]+)}", path):
+                assert any(p["name"] == name and p["in"] == "path" for p in operation.get("parameters", []))
+    # every $ref resolves
+    text = json.dumps(document)
+    for ref in re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text):
+        assert ref in document["components"]["schemas"]
+
+
+# --- the real engine ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def loaded(settings, tmp_path):
+    """A small realistic data set from sample_data, loaded into the temporary database."""
+    if not (HAVE_ENGINE and HAVE_DATA):
+        pytest.skip("report engine or sample data not there yet")
+    paths = sample_data.generate_dataset(tmp_path / "data", stores=40, seed=7)
+    conn = database.connect(settings.database_path)
+    database.load_files(conn, status=paths["store_status"], hours=paths["business_hours"],
+                        timezones=paths["timezones"])
+    conn.close()
+    return paths
+
+
+def engine_csv(settings, *, as_of=None, store_ids=None, extended=False) -> pd.DataFrame:
+    """The engine's result for what is in the database now, as the CSV would read back."""
+    conn = database.connect(settings.database_path)
+    try:
+        inputs = database.read_report_inputs(conn) if _takes_conn() else database.read_report_inputs(
+            settings.database_path)
+    finally:
+        conn.close()
+    polls, hours, zones = _unpack(inputs)
+    frame = report_generator.compute_report(polls, hours, zones, now=as_of, store_ids=store_ids,
+                                            extended=extended, default_timezone=settings.default_timezone)
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False)
+    buffer.seek(0)
+    return pd.read_csv(buffer, dtype={"store_id": str})
+
+
+def _takes_conn() -> bool:
+    import inspect
+
+    first = next(iter(inspect.signature(database.read_report_inputs).parameters))
+    return first in ("conn", "connection")
+
+
+def _unpack(inputs):
+    if isinstance(inputs, dict):
+        return inputs["polls"], inputs["business_hours"], inputs["timezones"]
+    if hasattr(inputs, "polls"):
+        return inputs.polls, inputs.business_hours, inputs.timezones
+    return inputs
+
+
+def downloaded(client, body) -> pd.DataFrame:
+    response = client.get(body["download_url"])
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    return pd.read_csv(io.BytesIO(response.data), dtype={"store_id": str})
+
+
+@needs_engine
+def test_full_flow_matches_engine(make_app, settings, loaded):
+    client = make_app().test_client()
+    body = poll(client, trigger(client))
+    assert body["status"] == "Complete", body
+    got = downloaded(client, body)
+    assert ",".join(got.columns) == STANDARD_HEADER
+    expected = engine_csv(settings)
+    pd.testing.assert_frame_equal(got, expected)
+    assert body["rows"] == len(got) > 0
+    assert set(body["timings"]) == {"load", "compute", "write"}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", body["as_of"])
+
+
+@needs_engine
+def test_full_flow_with_as_of_store_ids_and_extended(make_app, settings, loaded):
+    client = make_app().test_client()
+    everything = poll(client, trigger(client))
+    latest = pd.Timestamp(everything["as_of"])
+    as_of = latest - pd.Timedelta(days=2, minutes=17)
+    some = sorted(downloaded(client, everything)["store_id"])[::5]
+    body = {"as_of": as_of.isoformat().replace("+00:00", "Z"), "store_ids": some + ["no-such-store"],
+            "columns": "extended"}
+    result = poll(client, trigger(client, body))
+    assert result["status"] == "Complete", result
+    assert pd.Timestamp(result["as_of"]) == as_of
+    got = downloaded(client, result)
+    expected = engine_csv(settings, as_of=as_of, store_ids=some + ["no-such-store"], extended=True)
+    pd.testing.assert_frame_equal(got, expected)
+    assert set(got["store_id"]) <= set(some) and len(got.columns) > 7
+    # the same report again in CSV form through Accept
+    as_csv = client.get("/get_report", query_string={"report_id": result["download_url"][9:-4]},
+                        headers={"Accept": "text/csv"})
+    assert as_csv.data == client.get(result["download_url"]).data
+
+
+@needs_engine
+def test_ten_concurrent_triggers_real_engine(make_app, loaded):
+    run_concurrent_triggers(make_app(), 10)
+
+
+@needs_engine
+def test_empty_database_report_fails_with_a_readable_error(make_app):
+    client = make_app().test_client()
+    body = poll(client, trigger(client))
+    assert body["status"] == "Failed"
+    assert "internal error" not in body["error"]
+
+
+@needs_engine
+def test_restart_recovery_with_real_engine(make_app, settings, loaded):
+    conn = database.connect(settings.database_path)
+    report_id = str(uuid.uuid4())
+    database.create_report_job(conn, report_id, {"as_of": None, "store_ids": None, "columns": "standard"})
+    database.mark_report_running(conn, report_id)  # ... and then the process died
+    conn.close()
+    client = make_app().test_client()
+    body = poll(client, report_id)
+    assert body["status"] == "Complete"
+    pd.testing.assert_frame_equal(downloaded(client, body), engine_csv(settings))
+
+
+@needs_engine
+@needs_ingest
+def test_ingestion_while_reports_run(make_app, settings, loaded):
+    """Polls appended in batches while reports run: every request succeeds, no poll is lost, and each
+    report equals the engine's result on the data after some whole number of batches."""
+    client = make_app().test_client()
+    before = poll_count(settings)
+    latest = pd.Timestamp(poll(client, trigger(client))["as_of"])
+    # new polls for new stores, all before the latest poll so `now` stays put and only these rows change
+    batches = []
+    for b in range(4):
+        rows = [{"store_id": f"zz-new-{b}-{s}", "status": "active" if (s + k) % 3 else "inactive",
+                 "timestamp_utc": (latest - pd.Timedelta(minutes=47 + 61 * k)).isoformat()}
+                for s in range(25) for k in range(30)]
+        batches.append(rows)
+    snapshots = [engine_csv(settings)]
+
+    report_ids, ingest_answers = [], []
+
+    def ingest():
+        own = client.application.test_client()
+        for rows in batches:
+            ingest_answers.append(own.post("/store_status", json=rows))
+            time.sleep(0.01)
+
+    writer = threading.Thread(target=ingest)
+    writer.start()
+    while writer.is_alive() and len(report_ids) < 12:
+        report_ids.append(trigger(client))
+        time.sleep(0.02)
+    writer.join(30)
+    assert [r.status_code for r in ingest_answers] == [200] * len(batches)
+    assert [r.get_json()["loaded"] for r in ingest_answers] == [len(rows) for rows in batches]
+    assert poll_count(settings) == before + sum(map(len, batches))
+
+    # snapshots after each whole batch, computed from data that contains exactly those batches
+    new_store_prefixes = [f"zz-new-{b}-" for b in range(len(batches))]
+    final = engine_csv(settings)
+    for n in range(1, len(batches) + 1):
+        hidden = tuple(new_store_prefixes[n:])
+        snapshots.append(final[~final["store_id"].str.startswith(hidden)].reset_index(drop=True)
+                         if hidden else final)
+    for report_id in report_ids:
+        body = poll(client, report_id, timeout=60)
+        assert body["status"] == "Complete", body
+        got = downloaded(client, body)
+        matches = [n for n, snap in enumerate(snapshots) if got.equals(snap)]
+        assert matches, f"report {report_id} saw part of an ingestion request"
+    after = poll(client, trigger(client))
+    pd.testing.assert_frame_equal(downloaded(client, after), final)
