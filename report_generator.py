@@ -82,13 +82,34 @@ def _to_utc_us(moment) -> int:
     return int(ts.as_unit("us").asm8.astype("int64"))
 
 
+def _factorize(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes (-1 for missing) and the distinct values as text; cheap for categoricals."""
+    codes, uniques = pd.factorize(values)
+    return codes, np.asarray(uniques, dtype=object).astype(str)
+
+
+def _lookup(per_unique: np.ndarray, codes: np.ndarray, missing) -> np.ndarray:
+    """per_unique[codes], with `missing` where the code is -1."""
+    return np.append(per_unique, missing)[codes]
+
+
+def _parse_time_of_day(text: str) -> int:
+    hours, minutes, seconds = text.strip().split(":")
+    whole, _, fraction = seconds.partition(".")
+    if not (len(hours) == len(minutes) == len(whole) == 2 and (hours + minutes + whole + fraction).isdigit()):
+        return -1
+    us = ((int(hours) * 60 + int(minutes)) * 60 + int(whole)) * US_PER_SECOND + int((fraction + "000000")[:6])
+    return us if int(minutes) < 60 and int(whole) < 60 and us < US_PER_DAY else -1
+
+
 def _time_of_day_us(values: pd.Series) -> np.ndarray:
-    """Microseconds since local midnight for 'HH:MM:SS[.f]' text; -1 where unreadable or out of range."""
-    parsed = pd.to_timedelta(values.astype(str).str.strip(), errors="coerce")
-    us = parsed.to_numpy(dtype="timedelta64[us]").astype("int64")
-    bad = parsed.isna().to_numpy() | (us < 0) | (us >= US_PER_DAY)
-    us[bad] = -1
-    return us
+    """Microseconds since local midnight for 'HH:MM:SS[.f]' text; -1 where unreadable or out of range.
+
+    Schedules repeat a few hundred distinct times, so each distinct text is parsed once.
+    """
+    codes, texts = _factorize(values)
+    parsed = np.array([_parse_time_of_day(t) if t.count(":") == 2 else -1 for t in texts], dtype=np.int64)
+    return _lookup(parsed, codes, -1)
 
 
 def _resolve_timezones(store_ids: pd.Index, timezones: pd.DataFrame, default_timezone: str):
@@ -194,9 +215,11 @@ def compute_report(polls: pd.DataFrame, business_hours: pd.DataFrame, timezones:
         raise ReportError(f"default timezone {default_timezone!r} is not in the tz database")
     columns = EXTENDED_COLUMNS if extended else STANDARD_COLUMNS
 
-    status = polls["status"].astype(str)
-    is_active = (status == "active").to_numpy()
-    readable = is_active | (status == "inactive").to_numpy()
+    status_codes, statuses = _factorize(polls["status"])
+    is_active = _lookup(statuses == "active", status_codes, False)
+    readable = _lookup(np.isin(statuses, ["active", "inactive"]), status_codes, False)
+    poll_codes, store_ids_seen = _factorize(polls["store_id"])
+    readable &= poll_codes >= 0
     t_us = _timestamps_us(polls["timestamp_utc"])
     if now is None:
         if not readable.any():
@@ -205,7 +228,7 @@ def compute_report(polls: pd.DataFrame, business_hours: pd.DataFrame, timezones:
     else:
         now_us = _to_utc_us(now)
     keep = readable & (t_us <= now_us)
-    poll_codes, store_index = pd.factorize(polls["store_id"].astype(str), sort=False)
+    store_index = pd.Index(store_ids_seen)
     poll_codes, t_us, is_active = poll_codes[keep], t_us[keep], is_active[keep]
 
     # The stores reported: those with a poll at or before now (optionally restricted to a list).
