@@ -52,6 +52,7 @@ import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -274,8 +275,12 @@ def _values_buffer(arr: pa.Array) -> pa.Buffer:
 
 def generate_dataset(out_dir: Path, *, stores: int = 300, days: float = 8, seed: int = 0,
                      end: datetime | None = None, id_style: str = "int64",
-                     poll_scale: int = 1) -> dict[str, Path]:
+                     poll_scale: int = 1, store_ids: Sequence[str] | None = None) -> dict[str, Path]:
     """Write store_status.csv, business_hours.csv and timezones.csv into `out_dir`; return their paths.
+
+    `store_ids` (optional) names the polled stores, e.g. the ids of a real business-hours/timezone file,
+    so that generated polls can be combined with real hours: the first `stores` of them are polled, and
+    generated ids make up any shortfall.
 
     Deterministic: the same arguments give byte-identical files. `end` (UTC; naive means UTC) bounds the
     polls: all are before it, the latest within a few minutes of it. The history covers
@@ -296,6 +301,10 @@ def generate_dataset(out_dir: Path, *, stores: int = 300, days: float = 8, seed:
     rng = np.random.default_rng(seed)
     n_unpolled = int(round(stores * UNPOLLED_SHARE))
     all_ids = _store_ids(rng, stores + n_unpolled, id_style)
+    if store_ids is not None:
+        given = list(dict.fromkeys(str(i) for i in store_ids))[:stores]
+        taken = set(given)
+        all_ids = given + [i for i in all_ids if i not in taken][: stores + n_unpolled - len(given)]
     polled_ids = all_ids[:stores]
 
     # Business hours and timezones: for the polled stores and the unpolled extras.

@@ -179,3 +179,12 @@ def test_cli(tmp_path, capsys):
     assert "store_status" in out and (tmp_path / "timezones.csv").exists()
     header = (tmp_path / "business_hours.csv").read_text().splitlines()[0]
     assert header == "store_id,dayOfWeek,start_time_local,end_time_local"
+
+
+def test_given_store_ids_are_polled(tmp_path):
+    given = ["b", "a", "c", "a"]
+    df = polls(generate_dataset(tmp_path, stores=5, days=1, seed=0, store_ids=given))
+    ids = set(df["store_id"])
+    assert {"a", "b", "c"} <= ids and len(ids) == 5
+    few = polls(generate_dataset(tmp_path / "few", stores=2, days=1, seed=0, store_ids=given))
+    assert set(few["store_id"]) == {"b", "a"}
