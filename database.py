@@ -11,12 +11,25 @@ Layout chosen for the report's hot path (reading a week of polls):
 """
 from __future__ import annotations
 
+import argparse
+import csv
+import io
 import json
+import logging
 import sqlite3
+import sys
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stores (
@@ -149,3 +162,604 @@ def unfinished_report_jobs(conn: sqlite3.Connection) -> list[dict]:
         "SELECT report_id FROM reports WHERE status IN ('Queued', 'Running') ORDER BY created_at"
     ).fetchall()
     return [get_report_job(conn, row["report_id"]) for row in rows]
+
+
+# --- ingestion --------------------------------------------------------------------------------------
+#
+# CSV -> validated, typed rows -> one transaction. Every table is read with all columns as text (store ids
+# are opaque and never parsed as numbers), validated with vectorised string operations, and each row that
+# cannot be read gets exactly one reject reason (the first that applies, in the order of the checks).
+
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "store_status": ("store_id", "status", "timestamp_utc"),
+    "business_hours": ("store_id", "day_of_week", "start_time_local", "end_time_local"),
+    "timezones": ("store_id", "timezone_str"),
+}
+# Header names seen in the wild (compared case-insensitively, surrounding spaces ignored).
+COLUMN_ALIASES = {"day": "day_of_week", "dayofweek": "day_of_week", "day_of_week": "day_of_week"}
+
+EMPTY_STORE_ID = "empty store_id"
+MISSING_VALUE = "missing value"
+UNKNOWN_STATUS = "unknown status"
+UNPARSABLE_TIMESTAMP = "unparsable timestamp"
+IMPOSSIBLE_TIMESTAMP = "impossible timestamp"
+BAD_DAY = "day outside 0..6"
+BAD_TIME = "time outside 00:00:00..23:59:59"
+WRONG_FIELD_COUNT = "wrong number of fields"
+
+# `2023-01-22 12:09:39.388884 UTC` (fraction of 0-6 digits) or ISO 8601 with `T`, `Z` or an offset;
+# no zone at all means UTC (the column is `timestamp_utc`).
+TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?: ?UTC|Z|[+-]\d{2}(?::?\d{2})?)?$"
+# `HH:MM:SS` with an optional fraction; `H:MM` and `HH:MM` are read as `HH:MM:00`.
+TIME_RE = r"^(?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?P<f>\.\d{1,6})?)?$"
+
+DEMO_STORES = 300             # size of the generated data set loaded on first start without data/*.csv
+BULK_ROWS = 100_000           # loads at least this big may rebuild the time index instead of updating it
+BULK_CACHE_KIB = 256 * 1024   # page cache while loading (PRAGMA cache_size, KiB)
+
+STATUS_UPSERT = (
+    # One JSON array per store: each element is timestamp_us * 2 + active, so SQLite unpacks the rows in C
+    # instead of Python binding 1.85M parameter tuples (about 3x faster). A poll already stored at the same
+    # instant keeps one row; if the statuses differ, inactive (0) wins.
+    "INSERT INTO store_status (store_key, timestamp_us, active) "
+    "SELECT ?1, value >> 1, value & 1 FROM json_each(?2) WHERE true "
+    "ON CONFLICT (store_key, timestamp_us) DO UPDATE SET active = 0 WHERE excluded.active = 0 AND active = 1"
+)
+
+
+class LoadError(Exception):
+    """A load that cannot start: missing file, missing column, unreadable CSV. Nothing was written."""
+
+
+@dataclass
+class TableSummary:
+    table: str                       # 'store_status' | 'business_hours' | 'timezones'
+    source: str                      # path or '<request>'
+    read: int                        # data rows read
+    loaded: int                      # rows accepted (after de-duplication within the file)
+    rejected: dict[str, int] = field(default_factory=dict)   # reason -> count
+    examples: dict[str, str] = field(default_factory=dict)   # reason -> one example row, with its line
+    duplicates: int = 0              # valid rows folded into another row of the same file
+    seconds: float = 0.0             # time spent validating and writing
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def to_dict(self) -> dict:
+        return {"table": self.table, "source": self.source, "read": self.read, "loaded": self.loaded,
+                "duplicates": self.duplicates, "rejected": dict(self.rejected),
+                "examples": dict(self.examples), "seconds": round(self.seconds, 3)}
+
+    def format(self) -> str:
+        lines = [f"{self.table} ({self.source}): read {self.read:,}, loaded {self.loaded:,}, "
+                 f"duplicates {self.duplicates:,}, rejected {self.rejected_total:,} [{self.seconds:.1f} s]"]
+        for reason, count in sorted(self.rejected.items(), key=lambda item: (-item[1], item[0])):
+            lines.append(f"  rejected {count:,} x {reason}, e.g. {self.examples.get(reason, '?')}")
+        return "\n".join(lines)
+
+
+def _source_name(source) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return str(getattr(source, "name", None) or "<request>")
+
+
+def _normalise_header(names: list[str], table: str) -> list[str]:
+    wanted = TABLE_COLUMNS[table]
+    out = []
+    for i, name in enumerate(names):
+        key = name.replace("\ufeff", "").strip().lower()
+        key = COLUMN_ALIASES.get(key, key)
+        out.append(key if key in wanted and key not in out else f"_extra_{i}")
+    return out
+
+
+def read_table_csv(source, table: str) -> pd.DataFrame:
+    """Read one table's CSV (path, or binary/text file-like) into a DataFrame of str columns.
+
+    Only the table's columns are kept, under their canonical names (`day`/`dayOfWeek` -> `day_of_week`).
+    Handles a UTF-8 BOM, CRLF, quoting, a missing final newline. Rows with the wrong number of fields are
+    skipped and counted (reported by the ingest functions as 'wrong number of fields'); everything else
+    is validated by `ingest_*`. Raises LoadError for a missing/unreadable file or a missing column.
+    """
+    if table not in TABLE_COLUMNS:
+        raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLE_COLUMNS)}")
+    name = _source_name(source)
+    try:
+        if isinstance(source, (str, Path)):
+            with open(source, "rb") as handle:
+                header = handle.readline()
+            data = source
+        else:
+            raw = source.read()
+            data = io.BytesIO(raw.encode("utf-8") if isinstance(raw, str) else bytes(raw))
+            header = data.readline()
+            data.seek(0)
+    except FileNotFoundError:
+        raise LoadError(f"{name}: file not found") from None
+    except OSError as exc:
+        raise LoadError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
+    try:
+        header_text = header.decode("utf-8-sig").strip("\r\n")
+    except UnicodeDecodeError:
+        raise LoadError(f"{name}: not a UTF-8 CSV file") from None
+    if not header_text.strip():
+        raise LoadError(f"{name}: empty file, expected a header row with "
+                        f"{', '.join(TABLE_COLUMNS[table])}")
+    raw_names = next(csv.reader([header_text]))
+    names = _normalise_header(raw_names, table)
+    missing = [column for column in TABLE_COLUMNS[table] if column not in names]
+    if missing:
+        found = ", ".join(n.strip() for n in raw_names) or "nothing"
+        raise LoadError(f"{name}: missing column {', '.join(missing)} for {table} (header has: {found})")
+
+    def read(use_threads: bool) -> tuple[pa.Table, list]:
+        invalid: list = []
+
+        def on_invalid(row) -> str:
+            invalid.append((row.number, row.text))
+            return "skip"
+
+        if hasattr(data, "seek"):
+            data.seek(0)
+        table_ = pa_csv.read_csv(
+            str(data) if isinstance(data, Path) else data,
+            read_options=pa_csv.ReadOptions(skip_rows=1, column_names=names, use_threads=use_threads),
+            parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pa_csv.ConvertOptions(
+                column_types={column: pa.string() for column in names}, include_columns=list(TABLE_COLUMNS[table]),
+                strings_can_be_null=False, quoted_strings_can_be_null=False),
+        )
+        return table_, invalid
+
+    try:
+        arrow, invalid = read(use_threads=True)
+        if invalid and any(number is None for number, _ in invalid):
+            arrow, invalid = read(use_threads=False)   # rare: re-read for the line numbers of bad rows
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LoadError(f"{name}: unreadable CSV ({message})") from None
+    frame = arrow.to_pandas()
+    # Line numbers of the kept rows (header is line 1; blank lines are not counted).
+    skipped = sorted(number for number, _ in invalid if number is not None)
+    frame.attrs.update(source=name, from_csv=True, skipped_lines=skipped, wrong_field_examples=[
+        f"line {number}: {text}" if number is not None else text for number, text in invalid[:1]])
+    frame.attrs["wrong_field_count"] = len(invalid)
+    return frame
+
+
+def _line_number(frame: pd.DataFrame, position: int) -> int:
+    """Line number in the CSV (header = line 1; blank lines are not counted, as by the CSV reader) of the
+    kept row at `position`, or its 1-based row number for frames that did not come from a CSV."""
+    if not frame.attrs.get("from_csv"):
+        return position + 1
+    line = position + 2
+    for skipped in frame.attrs.get("skipped_lines") or ():   # sorted lines of rows dropped while reading
+        if skipped > line:
+            break
+        line += 1
+    return line
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """A column as str with missing values as '' (JSON bodies may bring None or numbers)."""
+    if series.dtype != "str" or series.isna().any():
+        series = series.astype(object).where(series.notna(), "").astype(str)
+    return series
+
+
+class _Rejects:
+    """Per-row reject reasons; the first reason that applies to a row is the one counted."""
+
+    def __init__(self, frame: pd.DataFrame, columns: tuple[str, ...]):
+        self.frame, self.columns = frame, columns
+        self.code = np.zeros(len(frame), dtype=np.int8)
+        self.reasons: list[str] = []
+
+    def add(self, reason: str, mask) -> None:
+        mask = np.asarray(mask, dtype=bool) & (self.code == 0)
+        self.reasons.append(reason)
+        self.code[mask] = len(self.reasons)
+
+    @property
+    def ok(self) -> np.ndarray:
+        return self.code == 0
+
+    def summarise(self, summary: TableSummary) -> None:
+        counts = np.bincount(self.code, minlength=len(self.reasons) + 1)
+        for index, reason in enumerate(self.reasons, start=1):
+            if counts[index]:
+                position = int(np.argmax(self.code == index))
+                line = _line_number(self.frame, position)
+                values = ",".join(str(self.frame[column].iloc[position]) for column in self.columns)
+                where = "line" if self.frame.attrs.get("from_csv") else "row"
+                summary.rejected[reason] = summary.rejected.get(reason, 0) + int(counts[index])
+                summary.examples.setdefault(reason, f"{where} {line}: {values}")
+
+
+def _start_summary(frame: pd.DataFrame, table: str, source: str) -> TableSummary:
+    if source == "<request>" and frame.attrs.get("source"):
+        source = frame.attrs["source"]
+    summary = TableSummary(table=table, source=source, read=len(frame), loaded=0)
+    wrong = int(frame.attrs.get("wrong_field_count") or 0)
+    if wrong:
+        summary.read += wrong
+        summary.rejected[WRONG_FIELD_COUNT] = wrong
+        summary.examples[WRONG_FIELD_COUNT] = frame.attrs["wrong_field_examples"][0]
+    return summary
+
+
+def _check_columns(frame: pd.DataFrame, table: str, source: str) -> pd.DataFrame:
+    renamed = {}
+    for column in frame.columns:
+        key = COLUMN_ALIASES.get(str(column).replace("\ufeff", "").strip().lower(), str(column).strip())
+        if key in TABLE_COLUMNS[table] and key != column and key not in frame.columns:
+            renamed[column] = key
+    if renamed:
+        attrs = dict(frame.attrs)
+        frame = frame.rename(columns=renamed)
+        frame.attrs.update(attrs)
+    missing = [column for column in TABLE_COLUMNS[table] if column not in frame.columns]
+    if missing:
+        raise LoadError(f"{source}: missing column {', '.join(missing)} for {table}")
+    return frame
+
+
+@contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[None]:
+    """One transaction, unless the caller already holds one (then its transaction is the unit)."""
+    if conn.in_transaction:
+        yield
+    else:
+        with transaction(conn):
+            yield
+
+
+@contextmanager
+def _bulk_settings(conn: sqlite3.Connection) -> Iterator[None]:
+    """Connection settings for a big load, restored afterwards. Only outside a transaction.
+
+    Foreign-key checks are switched off for the load: every store_key written comes from the `stores`
+    rows inserted or read in the same transaction, so the check could only cost time (about a third).
+    """
+    if conn.in_transaction:
+        yield
+        return
+    old = {pragma: conn.execute(f"PRAGMA {pragma}").fetchone()[0]
+           for pragma in ("foreign_keys", "cache_size", "threads")}
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
+    conn.execute("PRAGMA threads = 2")
+    try:
+        yield
+    finally:
+        if not conn.in_transaction:
+            for pragma, value in old.items():
+                conn.execute(f"PRAGMA {pragma} = {int(value)}")
+
+
+def _store_keys(conn: sqlite3.Connection, store_ids: pd.Index) -> np.ndarray:
+    """store_key for each id in `store_ids` (unique), inserting unknown ids into `stores`."""
+    ids = store_ids.tolist()
+    conn.executemany("INSERT OR IGNORE INTO stores (store_id) VALUES (?)", ((i,) for i in ids))
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    if len(ids) <= 500:
+        rows = cursor.execute(
+            f"SELECT store_id, store_key FROM stores WHERE store_id IN ({','.join('?' * len(ids))})", ids
+        ).fetchall() if ids else []
+    else:
+        rows = cursor.execute("SELECT store_id, store_key FROM stores").fetchall()
+    mapping = pd.Series([key for _, key in rows], index=pd.Index([sid for sid, _ in rows], dtype=object),
+                        dtype="int64")
+    keys = mapping.reindex(pd.Index(ids, dtype=object)).to_numpy()
+    return keys.astype(np.int64)
+
+
+def _parse_timestamps(text: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epoch microseconds, well-formed mask, valid mask) for stripped timestamp text."""
+    well_formed = text.str.match(TIMESTAMP_RE).to_numpy(dtype=bool, na_value=False)
+    cleaned = text.str.replace("UTC", "", regex=False).str.rstrip()
+    cleaned = cleaned.where(well_formed, "")
+    parsed = pd.to_datetime(cleaned, format="ISO8601", utc=True, errors="coerce")
+    valid = parsed.notna().to_numpy() & well_formed
+    micros = parsed.dt.as_unit("us").array.asi8.copy()
+    return micros, well_formed, valid
+
+
+def ingest_store_status(conn: sqlite3.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
+    """Validate polls (raw text columns store_id, status, timestamp_utc) and append them in one transaction.
+
+    A poll already stored for the same store and instant is kept once; if the statuses differ, inactive
+    wins (also between duplicate rows of the frame). Returns the load summary.
+    """
+    started = time.perf_counter()
+    frame = _check_columns(frame, "store_status", source)
+    summary = _start_summary(frame, "store_status", source)
+    store_id = _as_text(frame["store_id"]).str.strip()
+    status = _as_text(frame["status"]).str.strip().str.lower()
+    if pd.api.types.is_datetime64_any_dtype(frame["timestamp_utc"]):
+        stamps = frame["timestamp_utc"]
+        stamps = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps.dt.tz_convert("UTC")
+        micros = stamps.dt.as_unit("us").array.asi8.copy()
+        well_formed = valid = stamps.notna().to_numpy()
+        stamp_text = stamps.astype(str)
+    else:
+        stamp_text = _as_text(frame["timestamp_utc"]).str.strip()
+        micros, well_formed, valid = _parse_timestamps(stamp_text)
+
+    rejects = _Rejects(frame, TABLE_COLUMNS["store_status"])
+    rejects.add(EMPTY_STORE_ID, (store_id == "").to_numpy())
+    rejects.add(MISSING_VALUE, ((status == "") | (stamp_text == "")).to_numpy())
+    active = (status == "active").to_numpy()
+    rejects.add(UNKNOWN_STATUS, ~(active | (status == "inactive").to_numpy()))
+    rejects.add(UNPARSABLE_TIMESTAMP, ~well_formed)
+    rejects.add(IMPOSSIBLE_TIMESTAMP, ~valid)
+    rejects.summarise(summary)
+
+    ok = rejects.ok
+    codes, uniques = pd.factorize(store_id[ok])
+    micros = micros[ok]
+    active = active[ok].astype(np.int64)
+    with _bulk_settings(conn), _write(conn):
+        if len(codes):
+            keys = _store_keys(conn, pd.Index(uniques))[codes]
+            # Sort by (store, instant, status): the first of equal (store, instant) rows is the inactive one.
+            order = np.lexsort((active, micros, keys))
+            keys, micros, active = keys[order], micros[order], active[order]
+            first = np.ones(len(keys), dtype=bool)
+            first[1:] = (keys[1:] != keys[:-1]) | (micros[1:] != micros[:-1])
+            keys, micros, active = keys[first], micros[first], active[first]
+            summary.loaded = len(keys)
+            summary.duplicates = int(ok.sum()) - summary.loaded
+            _write_polls(conn, keys, micros, active)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _write_polls(conn: sqlite3.Connection, keys: np.ndarray, micros: np.ndarray, active: np.ndarray) -> None:
+    """Upsert polls sorted by (store_key, timestamp_us), unique on that pair."""
+    indexes = []
+    if len(keys) >= BULK_ROWS:
+        stored = conn.execute("SELECT count(*) FROM store_status").fetchone()[0]
+        if 3 * len(keys) > stored:
+            # Big load relative to the table: rebuilding the time index after the insert (one sort) is
+            # several times faster than updating it at 1.85M random positions.
+            indexes = conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'store_status' "
+                "AND sql IS NOT NULL").fetchall()
+            for name, _ in indexes:
+                conn.execute(f'DROP INDEX "{name}"')
+    packed = (micros * 2 + active).tolist()
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)].tolist()
+    store_keys = keys[starts].tolist()
+    dumps = json.dumps
+    conn.executemany(STATUS_UPSERT, ((key, dumps(packed[s:e])) for key, s, e in
+                                     zip(store_keys, starts.tolist(), ends)))
+    for _, sql in indexes:
+        conn.execute(sql)
+
+
+def ingest_business_hours(conn: sqlite3.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
+    """Validate business hours and replace, in one transaction, the rows of every store with a valid row.
+
+    Times are stored normalised as `HH:MM:SS` plus the fraction as given; exact duplicate rows once.
+    """
+    started = time.perf_counter()
+    frame = _check_columns(frame, "business_hours", source)
+    summary = _start_summary(frame, "business_hours", source)
+    store_id = _as_text(frame["store_id"]).str.strip()
+    day = _as_text(frame["day_of_week"]).str.strip()
+    start = _as_text(frame["start_time_local"]).str.strip()
+    end = _as_text(frame["end_time_local"]).str.strip()
+
+    rejects = _Rejects(frame, TABLE_COLUMNS["business_hours"])
+    rejects.add(EMPTY_STORE_ID, (store_id == "").to_numpy())
+    rejects.add(MISSING_VALUE, ((day == "") | (start == "") | (end == "")).to_numpy())
+    day_ok = day.str.fullmatch(r"\+?0*[0-6]").to_numpy(dtype=bool, na_value=False)
+    rejects.add(BAD_DAY, ~day_ok)
+    start_text, start_ok = _normalise_times(start)
+    end_text, end_ok = _normalise_times(end)
+    rejects.add(BAD_TIME, ~(start_ok & end_ok))
+    rejects.summarise(summary)
+
+    ok = rejects.ok
+    rows = pd.DataFrame({
+        "store_id": store_id[ok].to_numpy(dtype=object),
+        "day_of_week": pd.to_numeric(day[ok]).to_numpy(dtype=np.int64),
+        "start_time_local": start_text[ok],
+        "end_time_local": end_text[ok],
+    })
+    unique = rows.drop_duplicates()
+    summary.loaded, summary.duplicates = len(unique), len(rows) - len(unique)
+    with _write(conn):
+        stores = json.dumps(pd.unique(unique["store_id"]).tolist())
+        conn.execute("DELETE FROM business_hours WHERE store_id IN (SELECT value FROM json_each(?))", (stores,))
+        conn.executemany(
+            "INSERT INTO business_hours (store_id, day_of_week, start_time_local, end_time_local) "
+            "VALUES (?, ?, ?, ?)", zip(*(unique[column].tolist() for column in unique.columns)))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _normalise_times(text: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(`HH:MM:SS[.f]` text, valid mask) for local wall-clock times 00:00:00..23:59:59.999999."""
+    parts = pc.extract_regex(pa.array(text, type=pa.string()), TIME_RE)   # null where no match
+    ok = parts.is_valid()
+    fields = {}
+    for name in ("h", "m", "s", "f"):
+        value = pc.fill_null(pc.struct_field(parts, name), "")
+        if name in ("h", "m", "s"):                  # an absent group is "" (seconds default to 00)
+            value = pc.if_else(pc.equal(value, ""), "00", value)
+        fields[name] = value
+    for name, limit in (("h", 23), ("m", 59), ("s", 59)):
+        ok = pc.and_(ok, pc.less_equal(pc.cast(fields[name], pa.int32()), limit))
+    normal = pc.binary_join_element_wise(pc.utf8_lpad(fields["h"], 2, "0"), fields["m"], fields["s"], ":")
+    normal = pc.binary_join_element_wise(normal, fields["f"], "")
+    return normal.to_numpy(zero_copy_only=False), ok.to_numpy(zero_copy_only=False)
+
+
+def ingest_timezones(conn: sqlite3.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
+    """Validate store timezones and replace those stores' rows in one transaction.
+
+    The zone text is kept as given (trimmed; empty -> NULL): an unknown zone is not a reject, the report
+    falls back to the default zone and counts it. For a store listed twice, the last row wins.
+    """
+    started = time.perf_counter()
+    frame = _check_columns(frame, "timezones", source)
+    summary = _start_summary(frame, "timezones", source)
+    store_id = _as_text(frame["store_id"]).str.strip()
+    zone = _as_text(frame["timezone_str"]).str.strip()
+
+    rejects = _Rejects(frame, TABLE_COLUMNS["timezones"])
+    rejects.add(EMPTY_STORE_ID, (store_id == "").to_numpy())
+    rejects.summarise(summary)
+
+    ok = rejects.ok
+    rows = pd.DataFrame({"store_id": store_id[ok].to_numpy(dtype=object),
+                         "timezone_str": zone[ok].to_numpy(dtype=object)})
+    unique = rows.drop_duplicates("store_id", keep="last")
+    unique = unique.assign(timezone_str=unique["timezone_str"].where(unique["timezone_str"] != "", None))
+    summary.loaded, summary.duplicates = len(unique), len(rows) - len(unique)
+    with _write(conn):
+        conn.executemany(
+            "INSERT INTO timezones (store_id, timezone_str) VALUES (?, ?) "
+            "ON CONFLICT (store_id) DO UPDATE SET timezone_str = excluded.timezone_str",
+            unique.itertuples(index=False, name=None))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+INGEST = {"store_status": ingest_store_status, "business_hours": ingest_business_hours,
+          "timezones": ingest_timezones}
+
+
+def load_files(conn: sqlite3.Connection, status=None, hours=None, timezones=None) -> list[TableSummary]:
+    """Load the given CSVs (paths or file-likes; None = skip that table) in ONE transaction.
+
+    Every file is read and checked before anything is written, so a LoadError (missing file, missing
+    column, unreadable CSV) leaves the database as it was, including the other tables of the call.
+    """
+    frames = []
+    for table, source in (("store_status", status), ("business_hours", hours), ("timezones", timezones)):
+        if source is not None:
+            frames.append((table, read_table_csv(source, table)))
+    summaries = []
+    with _bulk_settings(conn), _write(conn):
+        for table, frame in frames:
+            summaries.append(INGEST[table](conn, frame, source=frame.attrs["source"]))
+    return summaries
+
+
+def default_files(data_dir: str | Path) -> dict[str, Path | None]:
+    """The CSVs of `data_dir` by table: store_status.csv, business_hours.csv or menu_hours.csv,
+    timezones.csv (None where no such file exists)."""
+    data_dir = Path(data_dir)
+
+    def first(*names: str) -> Path | None:
+        return next((data_dir / n for n in names if (data_dir / n).is_file()), None)
+
+    return {"store_status": first("store_status.csv"),
+            "business_hours": first("business_hours.csv", "menu_hours.csv"),
+            "timezones": first("timezones.csv", "store_timezones.csv")}
+
+
+def ensure_loaded(conn: sqlite3.Connection, data_dir: str | Path, log=None) -> str:
+    """First start: if the database has no polls, load `data_dir`'s CSVs, else a generated demo set.
+
+    `log` is a logging.Logger or a callable taking a message (e.g. `logger.info`). Returns a one-line
+    description of what happened. A LoadError from data_dir's files propagates (nothing is written).
+    """
+    def say(message: str) -> None:
+        if log is None:
+            return
+        (log.info if isinstance(log, logging.Logger) else log)(message)
+
+    if conn.execute("SELECT 1 FROM store_status LIMIT 1").fetchone() is not None:
+        return "database already has polls; nothing loaded"
+    data_dir = Path(data_dir)
+    files = default_files(data_dir)
+    if files["store_status"] is not None:
+        origin = f"CSV files from {data_dir}"
+    else:
+        import sample_data  # lazily: only a first start without data needs the generator
+
+        paths = sample_data.generate_dataset(data_dir / "generated", stores=DEMO_STORES, seed=0)
+        files = {table: Path(paths[table]) for table in TABLE_COLUMNS}
+        origin = f"a generated demo set ({DEMO_STORES} stores, no store_status.csv in {data_dir})"
+    summaries = load_files(conn, status=files["store_status"], hours=files["business_hours"],
+                           timezones=files["timezones"])
+    parts = [f"{s.table} {s.loaded:,} rows" + (f" ({s.rejected_total:,} rejected)" if s.rejected else "")
+             for s in summaries]
+    message = f"empty database: loaded {origin}: " + ", ".join(parts)
+    say(message)
+    return message
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    """`python database.py load [--db PATH] [--status P] [--hours P] [--timezones P]` or `... init`."""
+    from config import Settings
+
+    parser = argparse.ArgumentParser(prog="database.py", description="store-monitoring storage")
+    commands = parser.add_subparsers(dest="command", required=True)
+    init = commands.add_parser("init", help="create the database schema")
+    load = commands.add_parser(
+        "load", help="load CSV files (all in one transaction); without table options, the files of the "
+                     "data directory: store_status.csv, business_hours.csv or menu_hours.csv, timezones.csv")
+    for sub in (init, load):
+        sub.add_argument("--db", type=Path, help="SQLite file (default: SM_DATABASE or the project's)")
+    load.add_argument("--status", type=Path, help="store_status CSV (store_id,status,timestamp_utc)")
+    load.add_argument("--hours", type=Path, help="business hours CSV (store_id,day|dayOfWeek|day_of_week,"
+                                                 "start_time_local,end_time_local)")
+    load.add_argument("--timezones", type=Path, help="timezones CSV (store_id,timezone_str)")
+    load.add_argument("--data-dir", type=Path, help="directory of the default files (default: SM_DATA_DIR)")
+    args = parser.parse_args(argv)
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    db_path = args.db or settings.database_path
+    if args.command == "init":
+        connect(db_path).close()
+        print(f"schema ready in {db_path}")
+        return 0
+
+    paths = {"store_status": args.status, "business_hours": args.hours, "timezones": args.timezones}
+    if not any(paths.values()):
+        data_dir = args.data_dir or settings.data_dir
+        paths = default_files(data_dir)
+        if paths["store_status"] is None:
+            print(f"error: {Path(data_dir) / 'store_status.csv'}: file not found "
+                  f"(put the CSVs there or give --status/--hours/--timezones)", file=sys.stderr)
+            return 2
+        for table, label in (("business_hours", "business_hours.csv or menu_hours.csv"),
+                             ("timezones", "timezones.csv")):
+            if paths[table] is None:
+                print(f"{table}: no {label} in {data_dir}; skipped")
+    started = time.perf_counter()
+    conn = connect(db_path)
+    try:
+        summaries = load_files(conn, status=paths["store_status"], hours=paths["business_hours"],
+                               timezones=paths["timezones"])
+    except LoadError as exc:
+        print(f"error: {exc}; nothing was loaded", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:
+        print(f"error: {db_path}: {exc}; nothing was loaded", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    for summary in summaries:
+        print(summary.format())
+    print(f"loaded into {db_path} in {time.perf_counter() - started:.1f} s (one transaction)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,586 @@
+"""Ingestion: real formats, reject reasons, duplicates, idempotence, atomicity, CLI, first-start loading."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import sqlite3
+import sys
+import types
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import database
+from database import LoadError, TableSummary
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def rows(conn: sqlite3.Connection, table: str) -> int:
+    return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def polls(conn: sqlite3.Connection) -> dict[tuple[str, int], int]:
+    """{(store_id, timestamp_us): active} of everything stored."""
+    return {(r[0], r[1]): r[2] for r in conn.execute(
+        "SELECT s.store_id, p.timestamp_us, p.active FROM store_status p JOIN stores s USING (store_key)")}
+
+
+def us(*args) -> int:
+    """UTC epoch microseconds of datetime(*args)."""
+    moment = datetime(*args, tzinfo=timezone.utc)
+    return (moment - datetime(1970, 1, 1, tzinfo=timezone.utc)) // pd.Timedelta(microseconds=1).to_pytimedelta()
+
+
+def csv_rows(path: Path) -> list[dict]:
+    """The file read by the standard library, as an independent reference."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        return list(csv.DictReader(handle))
+
+
+STATUS_HEADER = "store_id,status,timestamp_utc\n"
+HOURS_HEADER = "store_id,day,start_time_local,end_time_local\n"
+
+
+# --- the real formats --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["store_status_2023.csv", "store_status_2024.csv",
+                                  "store_status_neelpatel_tail.csv", "store_status_2023_bom_crlf.csv"])
+def test_real_status_fixture_loads_completely(db, fixtures_dir, name):
+    path = fixtures_dir / name
+    expected = csv_rows(path)
+    summary = database.load_files(db, status=path)[0]
+    assert (summary.table, summary.read, summary.loaded, summary.rejected) == (
+        "store_status", len(expected), len(expected), {})
+    stored = polls(db)
+    assert len(stored) == len(expected)
+    for row in expected:
+        stamp = pd.Timestamp(row["timestamp_utc"].removesuffix(" UTC"), tz="UTC")
+        key = (row["store_id"], int(stamp.value // 1000))
+        assert stored[key] == (1 if row["status"] == "active" else 0)
+
+
+def test_real_status_values_exactly(db, fixtures_dir):
+    database.load_files(db, status=fixtures_dir / "store_status_2023.csv")
+    stored = polls(db)
+    # first row: 8419537941919820732,active,2023-01-22 12:09:39.388884 UTC
+    assert stored[("8419537941919820732", us(2023, 1, 22, 12, 9, 39, 388884))] == 1
+    # last row (an inactive poll, the file's final line)
+    assert stored[("3846497499881872792", us(2023, 1, 21, 8, 4, 26, 177456))] == 0
+    # ids are text: the 17-digit one stays as written
+    assert ("54515546588432327", us(2023, 1, 24, 9, 6, 42, 605777)) in stored
+
+
+def test_bom_crlf_variant_equals_plain(tmp_path, fixtures_dir):
+    plain = database.connect(tmp_path / "a.sqlite3")
+    bom = database.connect(tmp_path / "b.sqlite3")
+    database.load_files(plain, status=fixtures_dir / "store_status_2023.csv")
+    database.load_files(bom, status=fixtures_dir / "store_status_2023_bom_crlf.csv")
+    assert polls(plain) == polls(bom)
+
+
+@pytest.mark.parametrize("name", ["menu_hours_2023_day.csv", "menu_hours_2024_dayOfWeek.csv",
+                                  "business_hours_day_of_week.csv"])
+def test_real_hours_fixture_loads(db, fixtures_dir, name):
+    path = fixtures_dir / name
+    expected = csv_rows(path)
+    day_column = next(c for c in expected[0] if c.lower().startswith("day"))
+    distinct = {(r["store_id"], int(r[day_column]), r["start_time_local"], r["end_time_local"]) for r in expected}
+    summary = database.load_files(db, hours=path)[0]
+    assert (summary.read, summary.rejected) == (len(expected), {})
+    stored = db.execute(
+        "SELECT store_id, day_of_week, start_time_local, end_time_local FROM business_hours").fetchall()
+    assert summary.loaded == len(stored)
+    if name != "business_hours_day_of_week.csv":     # the real ones are already normalised text
+        assert {tuple(r) for r in stored} == distinct and len(stored) == len(expected)
+
+
+def test_hours_variants_normalised(db, fixtures_dir):
+    summary = database.load_files(db, hours=fixtures_dir / "business_hours_day_of_week.csv")[0]
+    assert (summary.read, summary.loaded, summary.duplicates) == (8, 7, 1)
+    stored = {tuple(r) for r in db.execute("SELECT * FROM business_hours")}
+    assert ("-4506838894953744859", 0, "18:00:00", "23:59:59") in stored
+    assert ("-4506838894953744859", 6, "00:00:00", "23:59:59.999999") in stored
+    assert ("-4506838894953744859", 4, "22:00:00", "02:00:00") in stored   # overnight: stored as given
+    assert ("0071", 2, "11:00:00", "23:59:59") in stored                     # HH:MM -> HH:MM:SS, id as text
+    assert ("9e1c0f63-1b3a-4c55-9f59-0c6b7e0e2f11", 5, "07:00:00.5", "07:00:00.5") in stored
+
+
+def test_2023_day_column_with_235959(db, fixtures_dir):
+    database.load_files(db, hours=fixtures_dir / "menu_hours_2023_day.csv")
+    ends = [r[0] for r in db.execute(
+        "SELECT end_time_local FROM business_hours WHERE store_id = '1743799994211835904'")]
+    assert ends == ["23:59:59"] * 7
+
+
+@pytest.mark.parametrize("header", ["day", "dayOfWeek", "day_of_week", " DayOfWeek "])
+def test_day_column_aliases(db, tmp_path, header):
+    path = write(tmp_path / "h.csv", f"store_id,{header},start_time_local,end_time_local\n1,3,09:00:00,17:00:00\n")
+    frame = database.read_table_csv(path, "business_hours")
+    assert list(frame.columns) == ["store_id", "day_of_week", "start_time_local", "end_time_local"]
+    database.ingest_business_hours(db, frame)
+    assert db.execute("SELECT * FROM business_hours").fetchall()[0][:] == ("1", 3, "09:00:00", "17:00:00")
+
+
+@pytest.mark.parametrize("name,count", [("timezones_2023.csv", 30), ("timezones_2024.csv", 30)])
+def test_real_timezone_fixtures(db, fixtures_dir, name, count):
+    expected = {r["store_id"]: r["timezone_str"] for r in csv_rows(fixtures_dir / name)}
+    summary = database.load_files(db, timezones=fixtures_dir / name)[0]
+    assert (summary.read, summary.loaded, summary.rejected) == (count, count, {})
+    assert dict(db.execute("SELECT store_id, timezone_str FROM timezones").fetchall()) == expected
+
+
+def test_all_three_tables_in_one_call(db, fixtures_dir):
+    summaries = database.load_files(db, status=fixtures_dir / "store_status_2024.csv",
+                                    hours=fixtures_dir / "menu_hours_2024_dayOfWeek.csv",
+                                    timezones=fixtures_dir / "timezones_2024.csv")
+    assert [s.table for s in summaries] == ["store_status", "business_hours", "timezones"]
+    assert [rows(db, t) for t in ("store_status", "business_hours", "timezones")] == [30, 30, 30]
+    assert all(s.source.endswith(".csv") for s in summaries)
+
+
+# --- reading -------------------------------------------------------------------------------------------
+
+def test_read_keeps_ids_as_text(tmp_path):
+    path = write(tmp_path / "s.csv", STATUS_HEADER + "-4506838894953744859,active,2023-01-22 12:09:39 UTC\n"
+                 "007,active,2023-01-22 12:09:39 UTC\n9223372036854775808,active,2023-01-22 12:09:39 UTC")
+    frame = database.read_table_csv(path, "store_status")
+    assert frame["store_id"].tolist() == ["-4506838894953744859", "007", "9223372036854775808"]
+    assert all(isinstance(v, str) for v in frame["timestamp_utc"])
+
+
+def test_read_file_like_binary_and_text(db):
+    body = STATUS_HEADER + "a,active,2023-01-22 12:00:00 UTC\nb,inactive,2023-01-22 12:00:00 UTC"
+    for source in (io.BytesIO(("\ufeff" + body).encode()), io.StringIO(body)):
+        frame = database.read_table_csv(source, "store_status")
+        assert frame["store_id"].tolist() == ["a", "b"]
+    summary = database.ingest_store_status(db, frame)
+    assert (summary.source, summary.loaded) == ("<request>", 2)
+
+
+def test_read_extra_columns_quoting_and_column_order(tmp_path):
+    path = write(tmp_path / "s.csv", 'timestamp_utc,extra,status,store_id\n'
+                 '"2023-01-22 12:00:00 UTC","x,y",active,"42"\n')
+    frame = database.read_table_csv(path, "store_status")
+    assert sorted(frame.columns) == ["status", "store_id", "timestamp_utc"]
+    assert frame.iloc[0].to_dict() == {"timestamp_utc": "2023-01-22 12:00:00 UTC", "status": "active",
+                                       "store_id": "42"}
+
+
+def test_missing_column_is_a_clear_error(tmp_path):
+    path = write(tmp_path / "s.csv", "store_id,timestamp_utc\n1,2023-01-22 12:00:00 UTC\n")
+    with pytest.raises(LoadError) as raised:
+        database.read_table_csv(path, "store_status")
+    message = str(raised.value)
+    assert "missing column status" in message and str(path) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "file not found"),
+    (b"", "empty file"),
+    (b"\xff\xfe\x00s\x00t", "UTF-8"),
+    (STATUS_HEADER.encode() + b"1,active,\xff\xfe2023\n", "unreadable CSV"),
+])
+def test_unreadable_sources(tmp_path, content, fragment):
+    path = tmp_path / "s.csv"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(LoadError, match=fragment):
+        database.read_table_csv(path, "store_status")
+
+
+def test_header_only_file_loads_nothing(db, tmp_path):
+    summary = database.load_files(db, status=write(tmp_path / "s.csv", STATUS_HEADER))[0]
+    assert (summary.read, summary.loaded, summary.rejected) == (0, 0, {})
+
+
+# --- timestamps ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("2023-01-22 12:09:39.388884 UTC", us(2023, 1, 22, 12, 9, 39, 388884)),
+    ("2023-01-22 12:09:39.38 UTC", us(2023, 1, 22, 12, 9, 39, 380000)),
+    ("2023-01-22 12:09:39.3 UTC", us(2023, 1, 22, 12, 9, 39, 300000)),
+    ("2023-01-22 12:09:39 UTC", us(2023, 1, 22, 12, 9, 39)),
+    ("2023-01-22 12:09:39", us(2023, 1, 22, 12, 9, 39)),
+    ("2023-01-22T12:09:39Z", us(2023, 1, 22, 12, 9, 39)),
+    ("2023-01-22T12:09:39.5Z", us(2023, 1, 22, 12, 9, 39, 500000)),
+    ("2023-01-22T12:09:39+00:00", us(2023, 1, 22, 12, 9, 39)),
+    ("2023-01-22T14:09:39.000001+02:00", us(2023, 1, 22, 12, 9, 39, 1)),
+    ("2023-01-22T07:09:39-0500", us(2023, 1, 22, 12, 9, 39)),
+    ("  2023-01-22 12:09:39 UTC  ", us(2023, 1, 22, 12, 9, 39)),
+    ("1969-12-31 23:59:59.999999 UTC", -1),
+])
+def test_timestamp_formats(db, text, expected):
+    frame = pd.DataFrame({"store_id": ["s"], "status": ["inactive"], "timestamp_utc": [text]})
+    summary = database.ingest_store_status(db, frame)
+    assert summary.rejected == {}
+    assert polls(db) == {("s", expected): 0}
+
+
+def test_mixed_timestamp_formats_in_one_file_same_instant(db, tmp_path):
+    path = write(tmp_path / "s.csv", STATUS_HEADER + "s,active,2023-01-22 12:00:00 UTC\n"
+                 "s,active,2023-01-22T12:00:00Z\ns,active,2023-01-22T13:00:00+01:00\n"
+                 "s,active,2023-01-22 12:00:00.000000 UTC\n")
+    summary = database.load_files(db, status=path)[0]
+    assert (summary.read, summary.loaded, summary.duplicates) == (4, 1, 3)
+    assert polls(db) == {("s", us(2023, 1, 22, 12)): 1}
+
+
+# --- rejects -------------------------------------------------------------------------------------------
+
+def test_every_status_reject_reason(db, tmp_path):
+    path = write(tmp_path / "s.csv", STATUS_HEADER + "\n".join([
+        "ok1,active,2023-01-22 12:00:00 UTC",              # line 2
+        "  ,active,2023-01-22 12:00:00 UTC",               # 3 empty store_id
+        "ok2,,2023-01-22 12:00:00 UTC",                    # 4 missing value
+        "ok3,actve,2023-01-22 12:00:00 UTC",               # 5 unknown status
+        "ok4,active,yesterday",                            # 6 unparsable
+        "ok5,active,2023-02-30 12:00:00 UTC",              # 7 impossible
+        "ok6,active,2023-01-22 25:00:00 UTC",              # 8 impossible
+        "ok7,active",                                      # 9 wrong number of fields
+        "ok8, Inactive ,2023-01-22 12:00:00 UTC",          # 10 fine: trimmed, case-insensitive
+        "ok9,active,2023-01-22",                           # 11 unparsable: a date is not an instant
+        "ok10,active,2023-01-22 12:00:00.1234567 UTC",     # 12 unparsable: more than 6 fraction digits
+        "ok11,active,",                                    # 13 missing value
+    ]))
+    summary = database.load_files(db, status=path)[0]
+    assert summary.read == 12 and summary.loaded == 2
+    assert summary.rejected == {"empty store_id": 1, "missing value": 2, "unknown status": 1,
+                                "unparsable timestamp": 3, "impossible timestamp": 2,
+                                "wrong number of fields": 1}
+    assert summary.examples["empty store_id"] == "line 3:   ,active,2023-01-22 12:00:00 UTC"
+    assert summary.examples["unknown status"] == "line 5: ok3,actve,2023-01-22 12:00:00 UTC"
+    assert summary.examples["impossible timestamp"] == "line 7: ok5,active,2023-02-30 12:00:00 UTC"
+    assert summary.examples["wrong number of fields"] == "line 9: ok7,active"
+    assert summary.examples["unparsable timestamp"] == "line 6: ok4,active,yesterday"
+    assert summary.examples["missing value"] == "line 4: ok2,,2023-01-22 12:00:00 UTC"
+    assert set(polls(db)) == {("ok1", us(2023, 1, 22, 12)), ("ok8", us(2023, 1, 22, 12))}
+    assert polls(db)[("ok8", us(2023, 1, 22, 12))] == 0
+
+
+def test_line_numbers_after_a_skipped_row(db, tmp_path):
+    path = write(tmp_path / "s.csv", STATUS_HEADER + "a,active\nb,active,x,y\nc,active,2023-01-22 12:00:00 UTC\n"
+                 "d,bad,2023-01-22 12:00:00 UTC\n")
+    summary = database.load_files(db, status=path)[0]
+    assert summary.rejected == {"wrong number of fields": 2, "unknown status": 1}
+    assert summary.examples["unknown status"].startswith("line 5: d,bad")
+
+
+def test_every_hours_reject_reason(db, tmp_path):
+    path = write(tmp_path / "h.csv", HOURS_HEADER + "\n".join([
+        "a,0,09:00:00,17:00:00",        # 2 ok
+        ",0,09:00:00,17:00:00",         # 3 empty store_id
+        "b,,09:00:00,17:00:00",         # 4 missing value
+        "c,7,09:00:00,17:00:00",        # 5 day outside
+        "d,-1,09:00:00,17:00:00",       # 6 day outside
+        "e,Mon,09:00:00,17:00:00",      # 7 day outside (not a number)
+        "f,1,24:00:00,17:00:00",        # 8 time outside
+        "g,1,09:00:00,23:60:00",        # 9 time outside
+        "h,1,09:00:00,23:59:60",        # 10 time outside
+        "i,1,9am,17:00:00",             # 11 time outside (unreadable)
+        "j,1,00:00:00,23:59:59",        # 12 ok
+        "k,2,09:00:00",                 # 13 wrong number of fields
+    ]))
+    summary = database.load_files(db, hours=path)[0]
+    assert (summary.read, summary.loaded) == (12, 2)
+    assert summary.rejected == {"empty store_id": 1, "missing value": 1, "day outside 0..6": 3,
+                                "time outside 00:00:00..23:59:59": 4, "wrong number of fields": 1}
+    assert summary.examples["day outside 0..6"] == "line 5: c,7,09:00:00,17:00:00"
+    assert summary.examples["time outside 00:00:00..23:59:59"] == "line 8: f,1,24:00:00,17:00:00"
+    assert {r[0] for r in db.execute("SELECT store_id FROM business_hours")} == {"a", "j"}
+
+
+def test_timezone_rows(db, tmp_path):
+    path = write(tmp_path / "t.csv", "store_id,timezone_str\na,America/New_York\nb,\nc,Mars/Olympus\n"
+                 " ,America/Denver\nd,  America/Denver  \na,America/Chicago\n")
+    summary = database.load_files(db, timezones=path)[0]
+    assert (summary.read, summary.loaded, summary.duplicates) == (6, 4, 1)
+    assert summary.rejected == {"empty store_id": 1}
+    assert dict(db.execute("SELECT store_id, timezone_str FROM timezones").fetchall()) == {
+        "a": "America/Chicago", "b": None, "c": "Mars/Olympus", "d": "America/Denver"}
+
+
+# --- duplicates, idempotence, overlaps -----------------------------------------------------------------
+
+def test_duplicate_instant_inactive_wins_within_a_file(db, tmp_path):
+    path = write(tmp_path / "s.csv", STATUS_HEADER + "s,active,2023-01-22 12:00:00 UTC\n"
+                 "s,inactive,2023-01-22 12:00:00 UTC\ns,active,2023-01-22 12:00:00 UTC\n"
+                 "t,active,2023-01-22 12:00:00 UTC\nt,active,2023-01-22 12:00:00 UTC\n")
+    summary = database.load_files(db, status=path)[0]
+    assert (summary.read, summary.loaded, summary.duplicates) == (5, 2, 3)
+    assert polls(db) == {("s", us(2023, 1, 22, 12)): 0, ("t", us(2023, 1, 22, 12)): 1}
+
+
+@pytest.mark.parametrize("first,second,expected", [
+    ("active", "inactive", 0), ("inactive", "active", 0), ("active", "active", 1), ("inactive", "inactive", 0)])
+def test_duplicate_instant_against_stored(db, first, second, expected):
+    for status in (first, second):
+        frame = pd.DataFrame({"store_id": ["s"], "status": [status], "timestamp_utc": ["2023-01-22 12:00:00 UTC"]})
+        database.ingest_store_status(db, frame)
+    assert polls(db) == {("s", us(2023, 1, 22, 12)): expected}
+
+
+def test_same_file_twice_is_idempotent(db, fixtures_dir):
+    path = fixtures_dir / "store_status_2024.csv"
+    first = database.load_files(db, status=path, hours=fixtures_dir / "menu_hours_2024_dayOfWeek.csv",
+                                timezones=fixtures_dir / "timezones_2024.csv")
+    snapshot = [db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in
+                ("store_status", "stores", "business_hours", "timezones")]
+    second = database.load_files(db, status=path, hours=fixtures_dir / "menu_hours_2024_dayOfWeek.csv",
+                                 timezones=fixtures_dir / "timezones_2024.csv")
+    assert [s.loaded for s in first] == [s.loaded for s in second]
+    assert [db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in
+            ("store_status", "stores", "business_hours", "timezones")] == snapshot
+    assert rows(db, "store_status") == 30
+
+
+def test_overlapping_loads_keep_one_copy(db, tmp_path, fixtures_dir):
+    lines = (fixtures_dir / "store_status_2023.csv").read_text().splitlines()
+    header, data = lines[0], lines[1:]
+    a = write(tmp_path / "a.csv", "\n".join([header] + data[:20]) + "\n")
+    b = write(tmp_path / "b.csv", "\n".join([header] + data[10:]) + "\n")
+    database.load_files(db, status=a)
+    assert rows(db, "store_status") == 20
+    summary = database.load_files(db, status=b)[0]
+    assert summary.loaded == len(data) - 10
+    assert rows(db, "store_status") == len(data) == 30
+    assert rows(db, "stores") == len({line.split(",")[0] for line in data})
+
+
+def test_editions_do_not_mix_store_keys(db, fixtures_dir):
+    database.load_files(db, status=fixtures_dir / "store_status_2023.csv")
+    database.load_files(db, status=fixtures_dir / "store_status_2024.csv")
+    database.load_files(db, status=fixtures_dir / "store_status_neelpatel_tail.csv")
+    expected = set()
+    for name in ("store_status_2023.csv", "store_status_2024.csv", "store_status_neelpatel_tail.csv"):
+        expected |= {(r["store_id"], r["timestamp_utc"]) for r in csv_rows(fixtures_dir / name)}
+    assert rows(db, "store_status") == len(expected)
+    assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+
+
+def test_hours_replace_the_stores_in_the_file(db, tmp_path):
+    database.load_files(db, hours=write(tmp_path / "a.csv", HOURS_HEADER + "a,0,09:00:00,17:00:00\n"
+                                        "a,1,09:00:00,17:00:00\nb,0,10:00:00,11:00:00\nc,2,10:00:00,11:00:00\n"))
+    database.load_files(db, hours=write(tmp_path / "b.csv", HOURS_HEADER + "a,5,08:00:00,09:00:00\n"
+                                        "a,5,08:00:00,09:00:00\nc,9,10:00:00,11:00:00\n"))
+    stored = sorted(tuple(r) for r in db.execute("SELECT * FROM business_hours"))
+    # a: replaced (duplicate kept once); b: untouched; c: its only new row was rejected, so kept as it was
+    assert stored == [("a", 5, "08:00:00", "09:00:00"), ("b", 0, "10:00:00", "11:00:00"),
+                      ("c", 2, "10:00:00", "11:00:00")]
+
+
+def test_timezones_replace_the_stores_in_the_file(db, tmp_path):
+    database.load_files(db, timezones=write(tmp_path / "a.csv", "store_id,timezone_str\na,America/Denver\n"
+                                            "b,America/Boise\n"))
+    database.load_files(db, timezones=write(tmp_path / "b.csv", "store_id,timezone_str\na,Asia/Beirut\n"))
+    assert dict(db.execute("SELECT * FROM timezones").fetchall()) == {"a": "Asia/Beirut", "b": "America/Boise"}
+
+
+# --- atomicity -----------------------------------------------------------------------------------------
+
+def test_missing_column_in_one_table_writes_nothing(db, tmp_path, fixtures_dir):
+    bad = write(tmp_path / "tz.csv", "store_id,zone\na,America/Denver\n")
+    with pytest.raises(LoadError, match="missing column timezone_str"):
+        database.load_files(db, status=fixtures_dir / "store_status_2023.csv",
+                            hours=fixtures_dir / "menu_hours_2023_day.csv", timezones=bad)
+    assert [rows(db, t) for t in ("store_status", "stores", "business_hours", "timezones")] == [0, 0, 0, 0]
+
+
+def test_missing_file_writes_nothing(db, tmp_path, fixtures_dir):
+    with pytest.raises(LoadError, match="file not found"):
+        database.load_files(db, status=fixtures_dir / "store_status_2023.csv", hours=tmp_path / "nope.csv")
+    assert rows(db, "store_status") == rows(db, "stores") == 0
+
+
+def test_failure_while_writing_rolls_back_every_table(db, fixtures_dir, monkeypatch):
+    database.load_files(db, timezones=fixtures_dir / "timezones_2024.csv")
+
+    def broken(conn, frame, source="<request>"):
+        conn.execute("DELETE FROM timezones")
+        raise sqlite3.OperationalError("disk I/O error (simulated)")
+
+    monkeypatch.setitem(database.INGEST, "timezones", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        database.load_files(db, status=fixtures_dir / "store_status_2023.csv",
+                            hours=fixtures_dir / "menu_hours_2023_day.csv",
+                            timezones=fixtures_dir / "timezones_2023.csv")
+    assert [rows(db, t) for t in ("store_status", "stores", "business_hours", "timezones")] == [0, 0, 0, 30]
+    assert not db.in_transaction
+    assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1    # load settings restored
+
+
+def test_a_concurrent_reader_sees_none_or_all(db_path, fixtures_dir):
+    writer = database.connect(db_path)
+    reader = database.connect(db_path)
+    seen = []
+    original = database._write_polls
+
+    def spy(conn, *args):
+        original(conn, *args)
+        seen.append(rows(reader, "store_status"))    # mid-transaction, from another connection
+
+    database._write_polls = spy
+    try:
+        database.load_files(writer, status=fixtures_dir / "store_status_2023.csv")
+    finally:
+        database._write_polls = original
+    assert seen == [0] and rows(reader, "store_status") == 30
+
+
+def test_ingest_inside_callers_transaction_does_not_commit(db):
+    frame = pd.DataFrame({"store_id": ["s"], "status": ["active"], "timestamp_utc": ["2023-01-22 12:00:00 UTC"]})
+    db.execute("BEGIN")
+    database.ingest_store_status(db, frame)
+    assert db.in_transaction
+    db.execute("ROLLBACK")
+    assert rows(db, "store_status") == 0
+
+
+# --- frames from the API -------------------------------------------------------------------------------
+
+def test_ingest_frame_built_from_json(db):
+    records = [{"store_id": "u-1", "status": "active", "timestamp_utc": "2023-01-22T12:00:00Z"},
+               {"store_id": None, "status": "active", "timestamp_utc": "2023-01-22T12:00:00Z"},
+               {"store_id": "u-2", "status": None, "timestamp_utc": "2023-01-22T12:00:00Z"},
+               {"store_id": 12345678901234567, "status": "inactive", "timestamp_utc": "2023-01-22 13:00:00"}]
+    summary = database.ingest_store_status(db, pd.DataFrame(records))
+    assert summary.rejected == {"empty store_id": 1, "missing value": 1}
+    assert summary.examples["empty store_id"].startswith("row 2: ")
+    assert polls(db) == {("u-1", us(2023, 1, 22, 12)): 1, ("12345678901234567", us(2023, 1, 22, 13)): 0}
+
+
+def test_missing_column_in_a_frame(db):
+    with pytest.raises(LoadError, match="missing column status"):
+        database.ingest_store_status(db, pd.DataFrame({"store_id": ["a"], "timestamp_utc": ["x"]}))
+
+
+def test_summary_dict_and_text(db, tmp_path):
+    path = write(tmp_path / "s.csv", STATUS_HEADER + "a,active,2023-01-22 12:00:00 UTC\nb,maybe,2023-01-22 12:00:00 UTC\n")
+    summary = database.load_files(db, status=path)[0]
+    data = summary.to_dict()
+    assert {k: data[k] for k in ("table", "source", "read", "loaded", "duplicates", "rejected")} == {
+        "table": "store_status", "source": str(path), "read": 2, "loaded": 1, "duplicates": 0,
+        "rejected": {"unknown status": 1}}
+    assert data["examples"] == {"unknown status": "line 3: b,maybe,2023-01-22 12:00:00 UTC"}
+    text = summary.format()
+    assert "read 2, loaded 1" in text and "rejected 1 x unknown status, e.g. line 3: b,maybe" in text
+    assert isinstance(summary, TableSummary)
+
+
+# --- command line --------------------------------------------------------------------------------------
+
+def test_cli_load(db_path, fixtures_dir, capsys):
+    code = database.main(["load", "--db", str(db_path), "--status", str(fixtures_dir / "store_status_2024.csv"),
+                          "--hours", str(fixtures_dir / "menu_hours_2024_dayOfWeek.csv"),
+                          "--timezones", str(fixtures_dir / "timezones_2024.csv")])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    assert "store_status (" in out and "read 30, loaded 30" in out
+    assert "business_hours (" in out and "timezones (" in out
+    conn = database.connect(db_path)
+    assert rows(conn, "store_status") == 30
+    conn.close()
+
+
+@pytest.mark.parametrize("problem", ["missing file", "missing column"])
+def test_cli_errors_exit_2_and_write_nothing(db_path, tmp_path, fixtures_dir, capsys, problem):
+    if problem == "missing file":
+        hours = tmp_path / "absent.csv"
+    else:
+        hours = write(tmp_path / "h.csv", "store_id,start_time_local,end_time_local\n1,09:00:00,10:00:00\n")
+    code = database.main(["load", "--db", str(db_path), "--status", str(fixtures_dir / "store_status_2023.csv"),
+                          "--hours", str(hours)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and str(hours) in err
+    conn = database.connect(db_path)
+    assert rows(conn, "store_status") == 0
+    conn.close()
+
+
+def test_cli_defaults_from_data_dir(tmp_path, fixtures_dir, capsys, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "store_status.csv").write_bytes((fixtures_dir / "store_status_2023.csv").read_bytes())
+    (data / "menu_hours.csv").write_bytes((fixtures_dir / "menu_hours_2023_day.csv").read_bytes())
+    monkeypatch.setenv("SM_DATA_DIR", str(data))
+    monkeypatch.setenv("SM_DATABASE", str(tmp_path / "env.sqlite3"))
+    assert database.main(["load"]) == 0
+    out = capsys.readouterr().out
+    assert "menu_hours.csv" in out and "timezones: no timezones.csv" in out
+    conn = database.connect(tmp_path / "env.sqlite3")
+    assert (rows(conn, "store_status"), rows(conn, "business_hours")) == (30, 30)
+    conn.close()
+
+
+def test_cli_defaults_without_files(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SM_DATA_DIR", str(tmp_path / "empty"))
+    assert database.main(["load", "--db", str(tmp_path / "x.sqlite3")]) == 2
+    assert "store_status.csv: file not found" in capsys.readouterr().err
+
+
+def test_cli_init(tmp_path, capsys):
+    path = tmp_path / "sub" / "new.sqlite3"
+    assert database.main(["init", "--db", str(path)]) == 0
+    conn = sqlite3.connect(path)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    conn.close()
+    assert {"stores", "store_status", "business_hours", "timezones", "reports"} <= tables
+
+
+# --- first start ---------------------------------------------------------------------------------------
+
+def test_ensure_loaded_from_data_dir(db, tmp_path, fixtures_dir, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    for source, target in (("store_status_2024.csv", "store_status.csv"),
+                           ("menu_hours_2024_dayOfWeek.csv", "business_hours.csv"),
+                           ("timezones_2024.csv", "timezones.csv")):
+        (data / target).write_bytes((fixtures_dir / source).read_bytes())
+    logger = logging.getLogger("test.ensure_loaded")
+    with caplog.at_level(logging.INFO, logger="test.ensure_loaded"):
+        message = database.ensure_loaded(db, data, logger)
+    assert "CSV files from" in message and "store_status 30 rows" in message
+    assert message in caplog.text
+    assert [rows(db, t) for t in ("store_status", "business_hours", "timezones")] == [30, 30, 30]
+    # second start: the database has polls, nothing is loaded again
+    messages = []
+    assert "nothing loaded" in database.ensure_loaded(db, data, messages.append)
+    assert rows(db, "store_status") == 30
+
+
+def test_ensure_loaded_generates_a_demo_set_without_data(db, tmp_path, fixtures_dir, monkeypatch):
+    calls = []
+
+    def generate_dataset(out_dir, *, stores, seed):
+        calls.append((Path(out_dir), stores, seed))
+        Path(out_dir).mkdir(parents=True)
+        paths = {}
+        for table, name in (("store_status", "store_status_2023.csv"), ("business_hours", "menu_hours_2023_day.csv"),
+                            ("timezones", "timezones_2023.csv")):
+            paths[table] = Path(out_dir) / f"{table}.csv"
+            paths[table].write_bytes((fixtures_dir / name).read_bytes())
+        return paths
+
+    monkeypatch.setitem(sys.modules, "sample_data", types.SimpleNamespace(generate_dataset=generate_dataset))
+    messages = []
+    message = database.ensure_loaded(db, tmp_path / "data", messages.append)
+    assert calls == [(tmp_path / "data" / "generated", database.DEMO_STORES, 0)]
+    assert "generated demo set" in message and messages == [message]
+    assert rows(db, "store_status") == 30
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("sample_data") is None, reason="no sample_data yet")
+def test_ensure_loaded_with_the_real_generator(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(database, "DEMO_STORES", 15)
+    message = database.ensure_loaded(db, tmp_path / "data", None)
+    assert "generated demo set (15 stores" in message
+    assert rows(db, "store_status") > 0 and rows(db, "business_hours") > 0
