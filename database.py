@@ -760,6 +760,107 @@ def main(argv: list[str] | None = None) -> int:
     print(f"loaded into {db_path} in {time.perf_counter() - started:.1f} s (one transaction)")
     return 0
 
+# --- report inputs ------------------------------------------------------------------------------------
+# Owned by the report path: reads just what one report needs, in one snapshot.
+
+WEEK_US = 7 * 24 * 3600 * 1_000_000
+# Packing of a week's poll into one int64: key << 41 | microseconds into the week << 1 | active.
+# A week is 6.05e11 us < 2**40, which leaves 22 bits: up to 4,194,303 store keys.
+PACK_KEY_SHIFT = 41
+PACK_TIME_MASK = (1 << PACK_KEY_SHIFT) - 1
+MAX_PACKED_STORE_KEY = (1 << (63 - PACK_KEY_SHIFT)) - 1
+POLL_COLUMNS = ["store_id", "timestamp_utc", "status"]
+
+
+@dataclass
+class ReportInputs:
+    polls: pd.DataFrame           # store_id (categorical), timestamp_utc (datetime64[us, UTC]), status (categorical)
+    business_hours: pd.DataFrame  # store_id, day_of_week, start_time_local, end_time_local
+    timezones: pd.DataFrame       # store_id, timezone_str
+    now: pd.Timestamp | None      # as_of, or the latest poll; None when there are no polls
+
+
+def _arrow_frame(cursor, sql: str, params=()) -> pd.DataFrame:
+    cursor.execute(sql, params)
+    return cursor.fetch_arrow_table().to_pandas()
+
+
+def read_report_inputs(database_path: str | Path, as_of: pd.Timestamp | None = None,
+                       store_ids: list[str] | None = None) -> ReportInputs:
+    """The polls, hours and timezones a report at `as_of` (default: the latest poll) depends on.
+
+    Polls: those in [now - 1 week, now], plus each store's latest poll before the week. Only that one can
+    matter for the week: nearest-poll interpolation looks at the closest poll on either side, so an
+    older poll is always hidden behind it. The report is therefore exact without reading all history.
+
+    One read transaction (ADBC, autocommit off) gives a consistent snapshot: a concurrent ingestion is
+    seen entirely or not at all. ADBC hands the rows over as Arrow columns, with no Python object per
+    row, which measured 2-3x faster than sqlite3's fetchall for 1.6M polls.
+    """
+    import adbc_driver_sqlite.dbapi as adbc  # imported here: only the report path needs it
+
+    # `chosen` is the stores the report is about (all, or those asked for); ADBC binds positionally.
+    chosen = "WITH chosen AS (SELECT store_key, store_id FROM stores{})".format(
+        "" if store_ids is None else " WHERE store_id IN (SELECT value FROM json_each(?))")
+    ids = () if store_ids is None else (json.dumps(list(store_ids)),)
+    with adbc.connect(str(database_path)) as conn, conn.cursor() as cursor:
+        if as_of is None:
+            # The latest poll: one primary-key seek per store.
+            cursor.execute("""SELECT MAX((SELECT MAX(p.timestamp_us) FROM store_status p
+                                          WHERE p.store_key = s.store_key)) FROM stores s""")
+            latest = cursor.fetchone()[0]
+            now_us = None if latest is None else int(latest)
+        else:
+            now_us = int(pd.Timestamp(as_of).tz_convert("UTC").as_unit("us").asm8.astype("int64"))
+        if now_us is None:
+            empty_polls = pd.DataFrame({c: pd.Series(dtype=object) for c in POLL_COLUMNS})
+            return ReportInputs(empty_polls, _read_hours(cursor), _read_timezones(cursor), None)
+        week_start = now_us - WEEK_US
+        cursor.execute("SELECT MAX(store_key) FROM stores")
+        if (cursor.fetchone()[0] or 0) > MAX_PACKED_STORE_KEY:
+            raise ValueError(f"more than {MAX_PACKED_STORE_KEY} store keys: the packed poll read needs widening")
+        stores = _arrow_frame(cursor, f"{chosen} SELECT store_key, store_id FROM chosen ORDER BY store_key", ids)
+        # The week's polls, packed into one integer per poll (store_key, microseconds into the week,
+        # status): the driver's cost is per value, and one column instead of three measured 2-3x faster.
+        # In primary-key order (no sort step), so the engine's own sort is nearly free.
+        cursor.execute(f"""{chosen}
+            SELECT (p.store_key << {PACK_KEY_SHIFT}) | ((p.timestamp_us - ?) << 1) | p.active
+            FROM chosen s CROSS JOIN store_status p
+              ON p.store_key = s.store_key AND p.timestamp_us >= ? AND p.timestamp_us <= ?
+            ORDER BY s.store_key, p.timestamp_us""", (week_start,) + ids + (week_start, now_us))
+        window = cursor.fetch_arrow_table().column(0).to_numpy().astype(np.int64, copy=False)
+        # Latest poll before the week, per store; time and status packed in one value (t * 2 + active)
+        # so one correlated seek per store returns both.
+        before = _arrow_frame(cursor, f"""{chosen}
+            SELECT s.store_key,
+                   (SELECT p.timestamp_us * 2 + p.active FROM store_status p
+                     WHERE p.store_key = s.store_key AND p.timestamp_us < ?
+                     ORDER BY p.timestamp_us DESC LIMIT 1) AS packed
+            FROM chosen s ORDER BY s.store_key""", ids + (week_start,)).dropna()
+        hours, zones = _read_hours(cursor), _read_timezones(cursor)
+
+    packed = before["packed"].to_numpy(np.int64)
+    keys = np.concatenate([before["store_key"].to_numpy(np.int64), window >> PACK_KEY_SHIFT])
+    t_us = np.concatenate([packed >> 1, ((window & PACK_TIME_MASK) >> 1) + week_start])
+    active = np.concatenate([packed & 1, window & 1]).astype(np.int8)
+    store_keys = stores["store_key"].to_numpy(np.int64)
+    position = np.full(int(store_keys.max(initial=-1)) + 1, -1, np.int64)
+    position[store_keys] = np.arange(len(store_keys))
+    polls = pd.DataFrame({
+        "store_id": pd.Categorical.from_codes(position[keys], categories=stores["store_id"].astype(str)),
+        "timestamp_utc": pd.Series(t_us.astype("datetime64[us]")).dt.tz_localize("UTC"),
+        "status": pd.Categorical.from_codes(active, categories=["inactive", "active"]),
+    })
+    return ReportInputs(polls, hours, zones, pd.Timestamp(now_us, unit="us", tz="UTC"))
+
+
+def _read_hours(cursor) -> pd.DataFrame:
+    return _arrow_frame(cursor, "SELECT store_id, day_of_week, start_time_local, end_time_local FROM business_hours")
+
+
+def _read_timezones(cursor) -> pd.DataFrame:
+    return _arrow_frame(cursor, "SELECT store_id, timezone_str FROM timezones")
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
