@@ -799,7 +799,8 @@ def read_report_inputs(database_path: str | Path, as_of: pd.Timestamp | None = N
     """
     import adbc_driver_sqlite.dbapi as adbc  # imported here: only the report path needs it
 
-    # `chosen` is the stores the report is about (all, or those asked for); ADBC binds positionally.
+    # `chosen` is the stores the report is about (all, or those asked for). ADBC binds positionally, in
+    # the order the placeholders appear in the text: the ids of `chosen` always come first.
     chosen = "WITH chosen AS (SELECT store_key, store_id FROM stores{})".format(
         "" if store_ids is None else " WHERE store_id IN (SELECT value FROM json_each(?))")
     ids = () if store_ids is None else (json.dumps(list(store_ids)),)
@@ -827,7 +828,7 @@ def read_report_inputs(database_path: str | Path, as_of: pd.Timestamp | None = N
             SELECT (p.store_key << {PACK_KEY_SHIFT}) | ((p.timestamp_us - ?) << 1) | p.active
             FROM chosen s CROSS JOIN store_status p
               ON p.store_key = s.store_key AND p.timestamp_us >= ? AND p.timestamp_us <= ?
-            ORDER BY s.store_key, p.timestamp_us""", (week_start,) + ids + (week_start, now_us))
+            ORDER BY s.store_key, p.timestamp_us""", ids + (week_start, week_start, now_us))
         window = cursor.fetch_arrow_table().column(0).to_numpy().astype(np.int64, copy=False)
         # Latest poll before the week, per store; time and status packed in one value (t * 2 + active)
         # so one correlated seek per store returns both.

@@ -1,0 +1,87 @@
+"""The database path (read only what a report needs, write the CSV) equals the engine over all history."""
+import sqlite3
+
+import pandas as pd
+import pytest
+
+import database
+import sample_data
+from report_generator import ReportError, compute_report, generate_report
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    """Three weeks of generated data (so much of it lies before the report's week), loaded into SQLite."""
+    folder = tmp_path_factory.mktemp("history")
+    files = sample_data.generate_dataset(folder / "csv", stores=80, days=21, seed=7)
+    path = folder / "db.sqlite3"
+    conn = database.connect(path)
+    database.load_files(conn, status=files["store_status"], hours=files["business_hours"],
+                        timezones=files["timezones"])
+    # A 24/7 store polled once, a month before the rest: only the "last poll before the week" carries it.
+    conn.execute("INSERT INTO stores (store_id) VALUES ('zz-old')")
+    conn.execute("INSERT INTO store_status SELECT store_key, ?, 0 FROM stores WHERE store_id = 'zz-old'",
+                 (pd.Timestamp("2022-12-20", tz="UTC").value // 1000,))
+    conn.close()
+    return path
+
+
+def full_history(path):
+    """Every stored row, straight from the tables, in the engine's input shape."""
+    with sqlite3.connect(path) as conn:
+        polls = pd.read_sql("""SELECT s.store_id, p.timestamp_us, p.active FROM store_status p
+                               JOIN stores s USING (store_key)""", conn)
+        hours = pd.read_sql("SELECT * FROM business_hours", conn)
+        zones = pd.read_sql("SELECT * FROM timezones", conn)
+    polls = pd.DataFrame({
+        "store_id": polls["store_id"],
+        "timestamp_utc": pd.to_datetime(polls["timestamp_us"], unit="us", utc=True),
+        "status": polls["active"].map({1: "active", 0: "inactive"}),
+    })
+    return polls, hours, zones
+
+
+def read_csv(path):
+    return pd.read_csv(path, dtype={"store_id": str})
+
+
+@pytest.mark.parametrize("as_of", [None, "2023-01-20 09:30:00", "2023-01-12T00:00:00Z"])
+@pytest.mark.parametrize("extended", [False, True])
+def test_database_path_equals_engine_over_full_history(loaded, tmp_path, as_of, extended):
+    polls, hours, zones = full_history(loaded)
+    outcome = generate_report(loaded, tmp_path / "r.csv", as_of=as_of, extended=extended)
+    expected = compute_report(polls, hours, zones, as_of, extended=extended)
+    pd.testing.assert_frame_equal(read_csv(tmp_path / "r.csv"), expected.reset_index(drop=True),
+                                  check_dtype=False)
+    assert outcome.rows == len(expected)
+    assert outcome.as_of == expected.attrs["now"]
+    assert set(outcome.timings) == {"load", "compute", "write"}
+    if as_of is None:
+        assert "zz-old" in set(expected["store_id"])
+
+
+def test_store_ids_restrict_the_database_read(loaded, tmp_path):
+    polls, hours, zones = full_history(loaded)
+    chosen = sorted(set(polls["store_id"]))[3:9] + ["zz-old", "not-a-store"]
+    generate_report(loaded, tmp_path / "r.csv", store_ids=chosen)
+    expected = compute_report(polls, hours, zones, polls["timestamp_utc"].max(), store_ids=chosen)
+    got = read_csv(tmp_path / "r.csv")
+    assert list(got["store_id"]) == sorted(chosen[:-1])
+    pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), check_dtype=False)
+
+
+def test_report_file_is_replaced_atomically_and_no_temporary_files_remain(loaded, tmp_path):
+    target = tmp_path / "out" / "r.csv"
+    generate_report(loaded, target)
+    first = target.read_bytes()
+    generate_report(loaded, target)
+    assert target.read_bytes() == first
+    assert [p.name for p in target.parent.iterdir()] == ["r.csv"]
+
+
+def test_empty_database_is_a_clear_error(tmp_path):
+    path = tmp_path / "empty.sqlite3"
+    database.connect(path).close()
+    with pytest.raises(ReportError, match="no polls"):
+        generate_report(path, tmp_path / "r.csv")
+    assert not (tmp_path / "r.csv").exists()
