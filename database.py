@@ -522,15 +522,17 @@ def _write_polls(conn: sqlite3.Connection, keys: np.ndarray, micros: np.ndarray,
     """Upsert polls sorted by (store_key, timestamp_us), unique on that pair."""
     indexes = []
     if len(keys) >= BULK_ROWS:
-        stored = conn.execute("SELECT count(*) FROM store_status").fetchone()[0]
-        if 3 * len(keys) > stored:
-            # Big load relative to the table: rebuilding the time index after the insert (one sort) is
-            # several times faster than updating it at 1.85M random positions.
-            indexes = conn.execute(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'store_status' "
-                "AND sql IS NOT NULL").fetchall()
+        # The schema has no secondary index on store_status today; should one be added, a big load
+        # relative to the table rebuilds it after the insert (one sort), several times faster than
+        # updating it at ~1.85M random positions (measured: 11 s -> 4 s + 2-3 s rebuild).
+        indexes = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'store_status' "
+            "AND sql IS NOT NULL").fetchall()
+        if indexes and 3 * len(keys) > conn.execute("SELECT count(*) FROM store_status").fetchone()[0]:
             for name, _ in indexes:
                 conn.execute(f'DROP INDEX "{name}"')
+        else:
+            indexes = []
     packed = (micros * 2 + active).tolist()
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     ends = np.r_[starts[1:], len(keys)].tolist()

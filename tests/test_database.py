@@ -584,3 +584,13 @@ def test_ensure_loaded_with_the_real_generator(db, tmp_path, monkeypatch):
     message = database.ensure_loaded(db, tmp_path / "data", None)
     assert "generated demo set (15 stores" in message
     assert rows(db, "store_status") > 0 and rows(db, "business_hours") > 0
+
+
+def test_secondary_index_is_rebuilt_after_a_big_load(db, fixtures_dir, monkeypatch):
+    db.execute("CREATE INDEX extra_by_time ON store_status (timestamp_us, active)")
+    monkeypatch.setattr(database, "BULK_ROWS", 10)
+    database.load_files(db, status=fixtures_dir / "store_status_2023.csv")
+    assert db.execute("SELECT sql FROM sqlite_master WHERE name = 'extra_by_time'").fetchone() is not None
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT count(*) FROM store_status INDEXED BY extra_by_time "
+                      "WHERE timestamp_us > 0").fetchone()[0] == 30
