@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import multiprocessing
 import re
 import threading
 import time
@@ -31,8 +32,7 @@ try:
 except ImportError:  # pragma: no cover
     sample_data = None
 
-HAVE_ENGINE = report_generator is not None and hasattr(report_generator, "generate_report") \
-    and hasattr(database, "read_report_inputs")
+HAVE_ENGINE = report_generator is not None and hasattr(report_generator, "generate_report")
 HAVE_INGEST = all(hasattr(database, name) for name in ("read_table_csv", "ingest_store_status", "LoadError"))
 HAVE_DATA = sample_data is not None and hasattr(sample_data, "generate_dataset") and hasattr(database, "load_files")
 needs_engine = pytest.mark.skipif(not (HAVE_ENGINE and HAVE_DATA), reason="report engine or sample data not there yet")
@@ -43,7 +43,7 @@ STANDARD_HEADER = ("store_id,uptime_last_hour,uptime_last_day,uptime_last_week,"
 
 
 def worker_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("report-worker-") and t.is_alive()]
+    return [t for t in threading.enumerate() if t.name.startswith(("report-worker-", "report-progress")) and t.is_alive()]
 
 
 def openapi_path(rule: str) -> str:
@@ -79,6 +79,7 @@ def make_app(settings):
     for app, _ in made:
         shutdown(app, timeout=10)
     assert worker_threads() == [], "worker threads left behind"
+    assert multiprocessing.active_children() == [], "report processes left behind"
     for _, seen in made:
         for path, method, status in seen:
             responses = document["paths"][path][method.lower()]["responses"]
@@ -549,35 +550,30 @@ def loaded(settings, tmp_path):
 
 
 def engine_csv(settings, *, as_of=None, store_ids=None, extended=False) -> pd.DataFrame:
-    """The engine's result for what is in the database now, as the CSV would read back."""
+    """The engine's result for everything in the database now, as the downloaded CSV reads back.
+
+    The inputs are read here with plain SQL (all polls, not the report path's week-sized selection),
+    so the comparison also checks the report path's reading and writing."""
     conn = database.connect(settings.database_path)
     try:
-        inputs = database.read_report_inputs(conn) if _takes_conn() else database.read_report_inputs(
-            settings.database_path)
+        polls = pd.read_sql_query(
+            "SELECT s.store_id, p.timestamp_us, p.active FROM store_status p JOIN stores s USING (store_key)", conn)
+        hours = pd.read_sql_query(
+            "SELECT store_id, day_of_week, start_time_local, end_time_local FROM business_hours", conn)
+        zones = pd.read_sql_query("SELECT store_id, timezone_str FROM timezones", conn)
     finally:
         conn.close()
-    polls, hours, zones = _unpack(inputs)
+    polls = pd.DataFrame({
+        "store_id": polls["store_id"].astype(str),
+        "timestamp_utc": pd.to_datetime(polls["timestamp_us"], unit="us", utc=True),
+        "status": polls["active"].map({1: "active", 0: "inactive"}),
+    })
     frame = report_generator.compute_report(polls, hours, zones, now=as_of, store_ids=store_ids,
                                             extended=extended, default_timezone=settings.default_timezone)
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False)
     buffer.seek(0)
     return pd.read_csv(buffer, dtype={"store_id": str})
-
-
-def _takes_conn() -> bool:
-    import inspect
-
-    first = next(iter(inspect.signature(database.read_report_inputs).parameters))
-    return first in ("conn", "connection")
-
-
-def _unpack(inputs):
-    if isinstance(inputs, dict):
-        return inputs["polls"], inputs["business_hours"], inputs["timezones"]
-    if hasattr(inputs, "polls"):
-        return inputs.polls, inputs.business_hours, inputs.timezones
-    return inputs
 
 
 def downloaded(client, body) -> pd.DataFrame:

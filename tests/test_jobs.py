@@ -15,7 +15,7 @@ from config import Settings
 
 
 def worker_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("report-worker-") and t.is_alive()]
+    return [t for t in threading.enumerate() if t.name.startswith(("report-worker-", "report-progress")) and t.is_alive()]
 
 
 @pytest.fixture
@@ -174,9 +174,9 @@ def test_recovery_reruns_interrupted_jobs_once(settings, pools):
     insert_job(conn, "00000000-0000-4000-8000-000000000004", "Complete", 1)  # finished: left alone
     pool = pools(settings, generate=FakeEngine())
     recovered = pool.recover()
-    assert recovered == {"requeued": ["00000000-0000-4000-8000-000000000001",
-                                      "00000000-0000-4000-8000-000000000002"],
-                         "failed": ["00000000-0000-4000-8000-000000000003"]}
+    assert sorted(recovered["requeued"]) == ["00000000-0000-4000-8000-000000000001",
+                                             "00000000-0000-4000-8000-000000000002"]
+    assert recovered["failed"] == ["00000000-0000-4000-8000-000000000003"]
     pool.start()  # recovery already ran: start() must not enqueue the jobs a second time
     first = wait_for(conn, "00000000-0000-4000-8000-000000000001")
     second = wait_for(conn, "00000000-0000-4000-8000-000000000002")
