@@ -694,3 +694,15 @@ def test_ingestion_while_reports_run(make_app, settings, loaded):
         assert matches, f"report {report_id} saw part of an ingestion request"
     after = poll(client, trigger(client))
     pd.testing.assert_frame_equal(downloaded(client, after), final)
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="sample data not there yet")
+def test_first_start_loads_data_dir(make_app, settings, caplog):
+    sample_data.generate_dataset(settings.data_dir, stores=5, seed=3)
+    with caplog.at_level("INFO", logger="store_monitoring.app"):
+        make_app(start_workers=False, load_data=True)
+    assert poll_count(settings) > 0
+    assert any("loaded" in r.getMessage() for r in caplog.records)
+    before = poll_count(settings)
+    make_app(start_workers=False, load_data=True)  # not empty any more: nothing is loaded twice
+    assert poll_count(settings) == before
