@@ -13,14 +13,13 @@ Errors: a `report_generator.ReportError` is a data problem with a message writte
 stored as the job's error. Anything else is a bug or an environment problem: the traceback goes to the
 server log and the job gets a generic message naming the report id (never a stack trace).
 
-Processes: the real engine (`report_generator.generate_report`) runs in a pool of child processes
-(spawned, one per worker thread), never in the server process. Its reader (`database.read_report_inputs`)
-uses the ADBC SQLite driver, which links its own copy of SQLite; two SQLite libraries in one process
-break SQLite's locking (https://sqlite.org/howtocorrupt.html#multiple_copies_of_sqlite_linked_into_the_same_application):
-when the ADBC connection closes it checkpoints and deletes the WAL under the feet of the server's
-sqlite3 connections, whose later writes then go to an unlinked file and are lost. In a child process the
-ADBC reader is the only SQLite user, and the server process only ever loads the stdlib's SQLite. Children
-also give the reports real parallelism (no GIL) and keep a crashing report away from the server.
+Processes: the real engine (`report_generator.generate_report`) runs in a pool of spawned child
+processes (one per worker thread), not in the server process. Reports then compute in parallel without
+holding the server's GIL (requests stay responsive during a report), and a report that crashes its
+process (or exhausts memory) fails alone. It also keeps the server process safe from any second SQLite
+library a reader might link in (an ADBC-based reader once did: two SQLite copies in one process break
+SQLite's POSIX locking, and writes of the server's connections were lost; see
+https://sqlite.org/howtocorrupt.html section 2.2.1).
 Progress comes back over a multiprocessing queue, written to the job row by a `report-progress` thread.
 An injected `generate` (tests) runs in the worker thread itself.
 
