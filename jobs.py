@@ -13,33 +13,26 @@ Errors: a `report_generator.ReportError` is a data problem with a message writte
 stored as the job's error. Anything else is a bug or an environment problem: the traceback goes to the
 server log and the job gets a generic message naming the report id (never a stack trace).
 
-Processes: the real engine (`report_generator.generate_report`) runs in a pool of spawned child
-processes (one per worker thread), not in the server process. Reports then compute in parallel without
-holding the server's GIL (requests stay responsive during a report), and a report that crashes its
-process (or exhausts memory) fails alone. It also keeps the server process safe from any second SQLite
-library a reader might link in (an ADBC-based reader once did: two SQLite copies in one process break
-SQLite's POSIX locking, and writes of the server's connections were lost; see
-https://sqlite.org/howtocorrupt.html section 2.2.1).
-Progress comes back over a multiprocessing queue, written to the job row by a `report-progress` thread.
-An injected `generate` (tests) runs in the worker thread itself.
+Threads: reports run in the worker threads themselves (the design card's "background thread workers").
+The engine spends its time in SQLite and NumPy, which release the GIL, so requests stay responsive
+while a report runs. (An earlier version used child processes to keep a second SQLite library out of
+the server process; the report reader now uses the standard sqlite3 module, so that reason is gone.)
 
-Threads: each worker has its own SQLite connection. `close()` stops the workers (an event plus one
+Each worker has its own SQLite connection. `close()` stops the workers (an event plus one
 sentinel per worker) and joins them; a job a worker had not started stays Queued for the next start.
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import queue
 import threading
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
 import database
+import report_generator
 
 log = logging.getLogger("store_monitoring.jobs")
 
@@ -64,41 +57,6 @@ class QueueFull(Exception):
 def internal_error_message(report_id: str) -> str:
     return (f"The report failed because of an internal error (report {report_id}); "
             "the details are in the server log.")
-
-
-# --- child process side ------------------------------------------------------------------------------
-
-_child_progress = None  # the multiprocessing queue, set in each child by `_child_init`
-
-
-def _child_init(progress_queue) -> None:
-    global _child_progress
-    _child_progress = progress_queue
-
-
-def _generate_in_child(report_id: str, database_path: str, out_path: str, kwargs: dict) -> dict:
-    """Runs in a child process: the real engine; returns plain values (no DataFrames cross over)."""
-    import report_generator
-
-    def progress(value) -> None:
-        if _child_progress is not None:
-            try:
-                _child_progress.put_nowait((report_id, float(value)))
-            except Exception:  # progress is advisory
-                pass
-
-    outcome = report_generator.generate_report(Path(database_path), Path(out_path), progress=progress, **kwargs)
-    return {"rows": int(outcome.rows), "as_of": iso_utc(outcome.as_of), "seconds": float(outcome.seconds),
-            "timings": {k: float(v) for k, v in (outcome.timings or {}).items()}}
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    try:
-        import report_generator
-    except ImportError:  # pragma: no cover - the engine module is part of the project
-        return ()
-    error = getattr(report_generator, "ReportError", None)
-    return (error,) if isinstance(error, type) else ()
 
 
 def report_file_name(report_id: str) -> str:
@@ -130,9 +88,6 @@ class ReportJobs:
         self._threads: list[threading.Thread] = []
         self._started = False
         self._recovered = False
-        self._executor: ProcessPoolExecutor | None = None
-        self._progress_queue = None
-        self._progress_thread: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -163,16 +118,6 @@ class ReportJobs:
             if thread.is_alive():
                 self.log.warning("worker %s did not stop within %s s", thread.name, timeout)
         self._threads = [t for t in self._threads if t.is_alive()]
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
-        if self._progress_thread is not None:
-            self._progress_queue.put(None)
-            self._progress_thread.join(timeout)
-            self._progress_queue.close()
-            self._progress_queue.join_thread()
-            self._progress_thread = self._progress_queue = None
         self._started = False
 
     def __enter__(self) -> "ReportJobs":
@@ -259,29 +204,21 @@ class ReportJobs:
         kwargs = dict(as_of=_as_timestamp(params.get("as_of")), store_ids=params.get("store_ids"),
                       extended=params.get("columns") == "extended",
                       default_timezone=self.settings.default_timezone)
+        generate = self._generate or report_generator.generate_report
         try:
-            if self._generate is not None:
-                outcome = self._generate(self.database_path, out_path,
-                                         progress=_ProgressWriter(conn, report_id, self.log), **kwargs)
-                result = {"rows": int(outcome.rows), "as_of": iso_utc(outcome.as_of),
-                          "seconds": float(outcome.seconds),
-                          "timings": {k: float(v) for k, v in (outcome.timings or {}).items()}}
-            else:
-                future = self._child_pool().submit(_generate_in_child, report_id, str(self.database_path),
-                                                   str(out_path), kwargs)
-                result = future.result()
+            outcome = generate(self.database_path, out_path, progress=_ProgressWriter(conn, report_id, self.log),
+                               **kwargs)
         except Exception as exc:
-            user_errors = _user_error_types()
-            if user_errors and isinstance(exc, user_errors):
+            if isinstance(exc, report_generator.ReportError):
                 message = str(exc) or "the report could not be generated from the current data"
                 self.log.info("report %s failed: %s", report_id, message)
             else:
                 self.log.exception("report %s failed with an unexpected error", report_id)
                 message = internal_error_message(report_id)
-                if isinstance(exc, BrokenProcessPool):
-                    self._reset_child_pool()
             database.mark_report_failed(conn, report_id, message)
             return
+        result = {"rows": int(outcome.rows), "as_of": iso_utc(outcome.as_of), "seconds": float(outcome.seconds),
+                  "timings": {k: float(v) for k, v in (outcome.timings or {}).items()}}
         database.mark_report_complete(
             conn, report_id,
             file=file_name,
@@ -291,43 +228,6 @@ class ReportJobs:
             timings={k: round(v, 6) for k, v in result["timings"].items()},
         )
         self.log.info("report %s complete: %d rows in %.2f s", report_id, result["rows"], result["seconds"])
-
-    # --- child processes ------------------------------------------------------------------------
-
-    def _child_pool(self) -> ProcessPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                context = multiprocessing.get_context("spawn")  # never fork a threaded server
-                if self._progress_queue is None:
-                    self._progress_queue = context.Queue()
-                    self._progress_thread = threading.Thread(target=self._record_progress,
-                                                             name="report-progress", daemon=True)
-                    self._progress_thread.start()
-                self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=context,
-                                                     initializer=_child_init,
-                                                     initargs=(self._progress_queue,))
-            return self._executor
-
-    def _reset_child_pool(self) -> None:
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False, cancel_futures=True)
-
-    def _record_progress(self) -> None:
-        conn = database.connect(self.database_path)
-        try:
-            while True:
-                item = self._progress_queue.get()
-                if item is None:
-                    return
-                report_id, value = item
-                try:
-                    database.set_report_progress(conn, report_id, min(1.0, max(0.0, value)))
-                except Exception:
-                    self.log.warning("could not record progress of report %s", report_id, exc_info=True)
-        finally:
-            conn.close()
 
 
 class _ProgressWriter:

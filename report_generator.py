@@ -16,7 +16,7 @@ import csv
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -220,165 +220,215 @@ def compute_report(polls: pd.DataFrame, business_hours: pd.DataFrame, timezones:
     business_hours: store_id, day_of_week (0 = Monday), start_time_local, end_time_local ('HH:MM:SS[.f]').
     timezones: store_id, timezone_str.
     now: the reference time (UTC); default the latest poll. Polls after it are ignored.
+    store_ids: report only these stores. extended: add the unknown_last_* columns.
     Metadata (the report's now, timezone counts) is returned in `frame.attrs`.
     """
     if default_timezone not in KNOWN_ZONES:
         raise ReportError(f"default timezone {default_timezone!r} is not in the tz database")
-    columns = EXTENDED_COLUMNS if extended else STANDARD_COLUMNS
+    p = _read_polls(polls, now, store_ids)
+    zone_of_store, zones, n_missing_tz, n_unknown_tz = _resolve_timezones(p.stores, timezones, default_timezone)
+    week_start = p.now_us - WEEK_US
+    iv = _store_intervals(business_hours, p, zone_of_store, zones, week_start)
+    p = _fold_stale_polls(p, iv.neg_inf)
+    segments = _nearest_poll_segments(p, iv)
 
-    status_codes, statuses = _factorize(polls["status"])
-    is_active = _lookup(statuses == "active", status_codes, False)
-    readable = _lookup(np.isin(statuses, ["active", "inactive"]), status_codes, False)
-    poll_codes, store_ids_seen = _factorize(polls["store_id"])
-    readable &= poll_codes >= 0
-    t_us = _timestamps_us(polls["timestamp_utc"])
-    if now is None:
-        if not readable.any():
-            raise ReportError("there are no polls to report on")
-        now_us = int(t_us[readable].max())
-    else:
-        now_us = _to_utc_us(now)
-    keep = readable & (t_us <= now_us)
-    store_index = pd.Index(store_ids_seen)
-    poll_codes, t_us, is_active = poll_codes[keep], t_us[keep], is_active[keep]
+    n_stores = len(p.stores)
+    has_evidence = np.zeros(len(iv.store), bool)
+    has_evidence[segments.interval] = True
+    no_evidence = ~has_evidence
+    seg_store = iv.store[segments.interval]
+    active_weight = segments.active.astype(np.float64)
+    end_ticks = TICKS_PER_US * p.now_us
+    result = {"store_id": p.stores}
+    for name, length in WINDOWS:
+        window_begin = TICKS_PER_US * (p.now_us - length)
+        covered = _overlap(segments.begin, segments.end, window_begin, end_ticks)
+        total = np.bincount(seg_store, weights=covered, minlength=n_stores)
+        up = np.bincount(seg_store, weights=covered * active_weight, minlength=n_stores)
+        unknown = np.bincount(iv.store[no_evidence], minlength=n_stores, weights=_overlap(
+            TICKS_PER_US * iv.begin[no_evidence], TICKS_PER_US * iv.end[no_evidence], window_begin, end_ticks))
+        unit = TICKS_PER_US * WINDOW_UNIT_US[name]
+        result[f"uptime_last_{name}"] = _round_hundredths(up, unit)
+        result[f"downtime_last_{name}"] = _round_hundredths(total - up, unit)
+        result[f"unknown_last_{name}"] = _round_hundredths(unknown, unit)
 
-    # The stores reported: those with a poll at or before now (optionally restricted to a list).
-    present = np.zeros(len(store_index), bool)
-    present[poll_codes] = True
-    if store_ids is not None:
-        present &= np.asarray(store_index.isin(list(store_ids)))
-    # Renumber the reported stores 0..n-1, keeping the input's order of codes: polls that arrive grouped
-    # by store stay sorted, and only the n output rows are put in store_id text order at the end.
-    reported = pd.Index(np.asarray(store_index)[present].astype(str))
-    new_code = np.full(len(store_index), -1, np.int64)
-    new_code[present] = np.arange(len(reported))
-    poll_codes = new_code[poll_codes]
-    in_report = poll_codes >= 0
-    poll_codes, t_us, is_active = poll_codes[in_report], t_us[in_report], is_active[in_report]
-    n_stores = len(reported)
-
-    zone_of_code, zones, n_missing_tz, n_unknown_tz = _resolve_timezones(reported, timezones, default_timezone)
-    meta = {
-        "now": pd.Timestamp(now_us, unit="us", tz="UTC"),
+    text_order = np.argsort(p.stores.to_numpy(dtype=str), kind="stable")
+    frame = pd.DataFrame(result)[EXTENDED_COLUMNS if extended else STANDARD_COLUMNS]
+    frame = frame.iloc[text_order].reset_index(drop=True)
+    frame.attrs.update({
+        "now": pd.Timestamp(p.now_us, unit="us", tz="UTC"),
         "stores": n_stores,
         "stores_without_timezone": n_missing_tz,
         "stores_with_unknown_timezone": n_unknown_tz,
         "default_timezone": default_timezone,
-    }
+    })
+    return frame
 
-    week_start = now_us - WEEK_US
+
+@dataclass
+class _Polls:
+    """Readable polls at or before now of the reported stores; `store` indexes `stores`."""
+    store: np.ndarray     # int64 store number, 0..len(stores)-1
+    t_us: np.ndarray      # int64 UTC microseconds
+    active: np.ndarray    # bool
+    stores: pd.Index      # store_id text of each store number
+    input_index: pd.Index  # every store_id of the input, for mapping other tables
+    number_of_input: np.ndarray  # input store position -> store number, -1 if not reported
+    now_us: int
+
+
+def _read_polls(polls: pd.DataFrame, now, store_ids: Iterable[str] | None) -> _Polls:
+    status_codes, statuses = _factorize(polls["status"])
+    active = _lookup(statuses == "active", status_codes, False)
+    readable = _lookup(np.isin(statuses, ["active", "inactive"]), status_codes, False)
+    codes, store_texts = _factorize(polls["store_id"])
+    readable &= codes >= 0
+    t_us = _timestamps_us(polls["timestamp_utc"])
+    if now is not None:
+        now_us = _to_utc_us(now)
+    elif readable.any():
+        now_us = int(t_us[readable].max())
+    else:
+        raise ReportError("there are no polls to report on")
+    keep = readable & (t_us <= now_us)
+    codes, t_us, active = codes[keep], t_us[keep], active[keep]
+
+    # The stores reported: those with a poll at or before now (optionally only those asked for).
+    input_index = pd.Index(store_texts)
+    present = np.zeros(len(input_index), bool)
+    present[codes] = True
+    if store_ids is not None:
+        present &= np.asarray(input_index.isin(list(store_ids)))
+    # Number the reported stores 0..n-1 in the input's order of codes: polls that arrive grouped by store
+    # stay sorted, and only the n output rows are put in store_id text order at the end.
+    number_of_input = np.full(len(input_index), -1, np.int64)
+    number_of_input[present] = np.arange(int(present.sum()))
+    store = number_of_input[codes]
+    reported = store >= 0
+    return _Polls(store[reported], t_us[reported], active[reported], pd.Index(store_texts[present]),
+                  input_index, number_of_input, now_us)
+
+
+@dataclass
+class _Intervals:
+    """Merged business intervals of the reported stores that reach into the week window, sorted."""
+    store: np.ndarray
+    begin: np.ndarray   # UTC microseconds; `neg_inf` for "open since ever"
+    end: np.ndarray     # capped at now: a status never holds past it
+    limit: np.ndarray   # the real end: a poll before it (and at or after begin) is evidence
+    neg_inf: int
+    pos_inf: int
+
+
+def _store_intervals(business_hours: pd.DataFrame, p: _Polls, zone_of_store: np.ndarray, zones: np.ndarray,
+                     week_start: int) -> _Intervals:
     horizon = week_start - HORIZON_BEFORE_WEEK_US
-    neg_inf, pos_inf = horizon - US_PER_DAY, now_us + US_PER_DAY  # stand-ins for -inf/+inf, see below
+    # Stand-ins for minus and plus infinity, just outside every time the report looks at.
+    neg_inf, pos_inf = horizon - US_PER_DAY, p.now_us + US_PER_DAY
+    store, day, start_us, end_us = _schedule_rows(business_hours, p)
+    iv_store, iv_begin, iv_end = _business_intervals(store, day, start_us, end_us, zone_of_store, zones,
+                                                     horizon, p.now_us + US_PER_DAY)
+    iv_store, iv_begin, iv_end = _merge_intervals(iv_store, iv_begin, iv_end)
+    iv_begin = np.where(iv_begin <= week_start - CONTINUOUS_IF_COVERS_US, neg_inf, iv_begin)
+    # A store without (readable) business hours is open 24/7: one interval without begin or end.
+    scheduled = np.zeros(len(p.stores), bool)
+    scheduled[store] = True
+    always_open = np.flatnonzero(~scheduled)
+    iv_store = np.concatenate([iv_store, always_open])
+    iv_begin = np.concatenate([iv_begin, np.full(len(always_open), neg_inf)])
+    iv_limit = np.concatenate([iv_end, np.full(len(always_open), pos_inf)])
+    iv_end = np.minimum(iv_limit, p.now_us)
+    relevant = (iv_end > week_start) & (iv_begin < iv_end)
+    order = np.lexsort((iv_begin[relevant], iv_store[relevant]))
+    return _Intervals(*(a[relevant][order] for a in (iv_store, iv_begin, iv_end, iv_limit)), neg_inf, pos_inf)
 
-    # Business hours rows of reported stores, normalised to [start, end) microseconds after local midnight.
+
+def _schedule_rows(business_hours: pd.DataFrame, p: _Polls):
+    """Readable hours rows of reported stores: (store, weekday, start, end) in microseconds after local
+    midnight, with `end` past 24 h for rows that close on the next local day."""
     hours = business_hours if len(business_hours) else pd.DataFrame(
         {"store_id": [], "day_of_week": [], "start_time_local": [], "end_time_local": []}, dtype=object)
-    hours_store = store_index.get_indexer(hours["store_id"].astype(str))
-    hours_codes = np.where(hours_store >= 0, new_code[hours_store], -1)
+    input_position = p.input_index.get_indexer(hours["store_id"].astype(str))
+    store = np.where(input_position >= 0, p.number_of_input[input_position], -1)
     day = pd.to_numeric(hours["day_of_week"], errors="coerce").to_numpy(dtype=float)
     start_us = _time_of_day_us(hours["start_time_local"])
     end_us = _time_of_day_us(hours["end_time_local"])
-    # Rows the loader would reject are absent (a store left without rows is open 24/7).
-    valid_row = (hours_codes >= 0) & np.isin(day, np.arange(7)) & (start_us >= 0) & (end_us >= 0)
-    hours_codes, day = hours_codes[valid_row], day[valid_row].astype(np.int64)
-    start_us, end_us = start_us[valid_row], end_us[valid_row]
+    # Rows the loader would reject count as absent (a store left without rows is open 24/7).
+    valid = (store >= 0) & np.isin(day, np.arange(7)) & (start_us >= 0) & (end_us >= 0)
+    store, day, start_us, end_us = store[valid], day[valid].astype(np.int64), start_us[valid], end_us[valid]
     # '23:59:59' (with or without fraction) means midnight at the end of the day.
     end_us = np.where(end_us // US_PER_SECOND == US_PER_DAY // US_PER_SECOND - 1, US_PER_DAY, end_us)
     # end <= start: the interval ends on the next local day (start == end: open 24 hours).
     end_us = np.where(end_us <= start_us, end_us + US_PER_DAY, end_us)
+    return store, day, start_us, end_us
 
-    scheduled = np.zeros(n_stores, bool)
-    scheduled[hours_codes] = True
-    iv_codes, iv_begin, iv_end = _business_intervals(hours_codes, day, start_us, end_us, zone_of_code, zones,
-                                                     horizon, now_us + US_PER_DAY)
-    iv_codes, iv_begin, iv_end = _merge_intervals(iv_codes, iv_begin, iv_end)
-    iv_begin = np.where(iv_begin <= week_start - CONTINUOUS_IF_COVERS_US, neg_inf, iv_begin)
-    # Stores without business hours are open 24/7: one interval without end.
-    always_open = np.flatnonzero(~scheduled)
-    iv_codes = np.concatenate([iv_codes, always_open])
-    iv_begin = np.concatenate([iv_begin, np.full(len(always_open), neg_inf)])
-    iv_end = np.concatenate([iv_end, np.full(len(always_open), pos_inf)])
-    # Only intervals that reach into the week window matter. A poll is evidence for the interval that
-    # contains it (`iv_limit`, its real end); statuses never hold past now (`iv_end`).
-    iv_limit = iv_end
-    iv_end = np.minimum(iv_limit, now_us)
-    relevant = (iv_end > week_start) & (iv_begin < iv_end)
-    order = np.lexsort((iv_begin[relevant], iv_codes[relevant]))
-    iv_codes, iv_begin, iv_end, iv_limit = (a[relevant][order] for a in (iv_codes, iv_begin, iv_end, iv_limit))
 
-    # Polls older than the horizon can only fall in an interval open since "minus infinity", and of those
-    # only each store's latest can own time in the week window. Keep just that instant, moved to
-    # `neg_inf`: membership is unchanged, and its midpoint with the next poll stays before the window
-    # (the horizon is more than a week before it), so no number changes.
-    stale = np.flatnonzero(t_us < neg_inf)
-    if len(stale):
-        latest = pd.Series(t_us[stale]).groupby(poll_codes[stale]).transform("max").to_numpy()
-        drop = stale[t_us[stale] < latest]
-        keep = np.ones(len(t_us), bool)
-        keep[drop] = False
-        poll_codes, t_us, is_active = poll_codes[keep], np.maximum(t_us[keep], neg_inf), is_active[keep]
+def _fold_stale_polls(p: _Polls, neg_inf: int) -> _Polls:
+    """Polls older than `neg_inf` can only fall in an interval open since "minus infinity", and of those
+    only each store's latest can own time in the week window. Keep just that instant, moved to `neg_inf`:
+    membership is unchanged, and its midpoint with the next poll stays before the window (the horizon is
+    more than a week before it), so no number changes."""
+    stale = np.flatnonzero(p.t_us < neg_inf)
+    if len(stale) == 0:
+        return p
+    latest = pd.Series(p.t_us[stale]).groupby(p.store[stale]).transform("max").to_numpy()
+    keep = np.ones(len(p.t_us), bool)
+    keep[stale[p.t_us[stale] < latest]] = False
+    return replace(p, store=p.store[keep], t_us=np.maximum(p.t_us[keep], neg_inf), active=p.active[keep])
 
-    # Match polls to the interval that contains them, on one sorted key: store band + time.
-    band = pos_inf - neg_inf + 1
-    if n_stores and n_stores * band >= 2 ** 62:
+
+@dataclass
+class _Segments:
+    """Each evidence poll owns [begin, end) in ticks, within its business interval `interval`."""
+    interval: np.ndarray
+    begin: np.ndarray
+    end: np.ndarray
+    active: np.ndarray
+
+
+def _nearest_poll_segments(p: _Polls, iv: _Intervals) -> _Segments:
+    # One sorted key for polls and intervals: the store's band of the number line, plus the time.
+    band = iv.pos_inf - iv.neg_inf + 1
+    if len(p.stores) * band >= 2 ** 62:
         raise ReportError("too many stores for one report; restrict it with store_ids")
-    poll_key = poll_codes * band + (t_us - neg_inf)
-    if not np.all(poll_key[1:] >= poll_key[:-1]):  # the database hands them over nearly sorted
+    poll_key = p.store * band + (p.t_us - iv.neg_inf)
+    store, t_us, active = p.store, p.t_us, p.active
+    if not np.all(poll_key[1:] >= poll_key[:-1]):  # the database hands them over (nearly) sorted
         order = np.argsort(poll_key, kind="stable")
-        poll_key, poll_codes, t_us, is_active = poll_key[order], poll_codes[order], t_us[order], is_active[order]
+        poll_key, store, t_us, active = poll_key[order], store[order], t_us[order], active[order]
     # Two polls of one store at one instant: identical ones count once; if they differ, inactive wins.
     first_of_instant = np.ones(len(poll_key), bool)
     first_of_instant[1:] = poll_key[1:] != poll_key[:-1]
-    runs = np.flatnonzero(first_of_instant)
-    if len(runs) < len(poll_key):
-        is_active = np.minimum.reduceat(is_active.astype(np.int8), runs).astype(bool)
-        poll_key, poll_codes, t_us = poll_key[runs], poll_codes[runs], t_us[runs]
+    if not first_of_instant.all():
+        runs = np.flatnonzero(first_of_instant)
+        active = np.minimum.reduceat(active.astype(np.int8), runs).astype(bool)
+        poll_key, store, t_us = poll_key[runs], store[runs], t_us[runs]
 
-    iv_key = iv_codes * band + (iv_begin - neg_inf)
-    iv_of_poll = np.searchsorted(iv_key, poll_key, side="right") - 1
-    candidate = np.maximum(iv_of_poll, 0)
-    evidence = (iv_of_poll >= 0) & (iv_codes[candidate] == poll_codes) & (t_us < iv_limit[candidate])
-    g, t, active = iv_of_poll[evidence], t_us[evidence], is_active[evidence]
+    # The interval of each poll: the last one of its store beginning at or before it, if it reaches it.
+    interval = np.searchsorted(iv.store * band + (iv.begin - iv.neg_inf), poll_key, side="right") - 1
+    candidate = np.maximum(interval, 0)
+    evidence = (interval >= 0) & (iv.store[candidate] == store) & (t_us < iv.limit[candidate])
+    g, t, active = interval[evidence], t_us[evidence], active[evidence]
 
-    # Nearest-poll segments, in ticks: each poll owns [midpoint with previous, midpoint with next),
-    # the first of an interval from its begin, the last up to its end (already capped at now).
-    first_in_iv = np.ones(len(g), bool)
-    first_in_iv[1:] = g[1:] != g[:-1]
-    last_in_iv = np.ones(len(g), bool)
-    last_in_iv[:-1] = first_in_iv[1:]
-    seg_begin = np.empty(len(g), np.int64)
-    seg_end = np.empty(len(g), np.int64)
-    seg_begin[1:] = t[:-1] + t[1:]
-    seg_end[:-1] = seg_begin[1:]
-    seg_begin[first_in_iv] = TICKS_PER_US * iv_begin[g[first_in_iv]]
-    seg_end[last_in_iv] = TICKS_PER_US * iv_end[g[last_in_iv]]
-    seg_store = iv_codes[g]
+    # Each poll owns [midpoint with the previous, midpoint with the next) of its interval; the first
+    # from the interval's begin, the last up to its end (already capped at now). Midpoints in ticks are
+    # the plain sums of two microsecond times.
+    first = np.ones(len(g), bool)
+    first[1:] = g[1:] != g[:-1]
+    last = np.ones(len(g), bool)
+    last[:-1] = first[1:]
+    begin = np.empty(len(g), np.int64)
+    begin[1:] = t[:-1] + t[1:]
+    end = np.empty(len(g), np.int64)
+    end[:-1] = begin[1:]
+    begin[first] = TICKS_PER_US * iv.begin[g[first]]
+    end[last] = TICKS_PER_US * iv.end[g[last]]
+    return _Segments(g, begin, end, active)
 
-    has_evidence = np.zeros(len(iv_codes), bool)
-    has_evidence[g] = True
-    unknown_iv = ~has_evidence
 
-    result = {"store_id": reported}
-    end_ticks = TICKS_PER_US * now_us
-    seg_end = np.minimum(seg_end, end_ticks)
-    active_weight = active.astype(np.float64)
-    for name, length in WINDOWS:
-        window_begin = TICKS_PER_US * (now_us - length)
-        covered = np.clip(seg_end - np.maximum(seg_begin, window_begin), 0, None).astype(np.float64)
-        total = np.bincount(seg_store, weights=covered, minlength=n_stores)
-        up = np.bincount(seg_store, weights=covered * active_weight, minlength=n_stores)
-        down = total - up
-        iv_covered = np.clip(np.minimum(TICKS_PER_US * iv_end, end_ticks)
-                             - np.maximum(TICKS_PER_US * iv_begin, window_begin), 0, None)
-        unknown = np.bincount(iv_codes[unknown_iv], weights=iv_covered[unknown_iv], minlength=n_stores)
-        unit = TICKS_PER_US * WINDOW_UNIT_US[name]
-        result[f"uptime_last_{name}"] = _round_hundredths(up, unit)
-        result[f"downtime_last_{name}"] = _round_hundredths(down, unit)
-        result[f"unknown_last_{name}"] = _round_hundredths(unknown, unit)
-    text_order = np.argsort(reported.to_numpy(dtype=str), kind="stable")
-    frame = pd.DataFrame(result)[columns].iloc[text_order].reset_index(drop=True)
-    frame.attrs.update(meta)
-    return frame
+def _overlap(begin: np.ndarray, end: np.ndarray, window_begin: int, window_end: int) -> np.ndarray:
+    """Length of [begin, end) inside [window_begin, window_end), as float64 weights for bincount."""
+    return np.clip(np.minimum(end, window_end) - np.maximum(begin, window_begin), 0, None).astype(np.float64)
 
 
 # --- from the database to a CSV file ---------------------------------------------------------------------
