@@ -19,6 +19,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import click
 from flask import Flask, Response, g, jsonify, request, send_file
 from werkzeug.exceptions import HTTPException
 
@@ -90,7 +91,26 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True, 
     app.teardown_appcontext(_close_connection)
     _register_error_handlers(app)
     _register_routes(app)
+    _register_cli(app)
     return app
+
+
+def cli_app() -> Flask:
+    """The app for `flask --app app:cli_app COMMAND`: no report workers, so a command such as `load`
+    never picks up (and re-runs) report jobs a stopped service left behind."""
+    return create_app(start_workers=False)
+
+
+def _register_cli(app: Flask) -> None:
+    """`flask --app app:cli_app load [--status P] [--hours P] [--timezones P]`: the loader of
+    `database.py`, pointed at this app's database."""
+
+    @app.cli.command("load", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+    @click.argument("options", nargs=-1, type=click.UNPROCESSED)
+    def load(options) -> None:
+        """Load CSV files into the service's database (same options as `python database.py load`)."""
+        settings = app.config["SM_SETTINGS"]
+        raise SystemExit(database.main(["load", "--db", str(settings.database_path), *options]))
 
 
 def shutdown(app: Flask, timeout: float | None = 30.0) -> None:

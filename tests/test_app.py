@@ -22,27 +22,15 @@ import database
 from app import create_app, openapi_document, shutdown
 from config import Settings
 
-try:
-    import report_generator
-except ImportError:  # pragma: no cover
-    report_generator = None
-try:
-    import sample_data
-except ImportError:  # pragma: no cover
-    sample_data = None
-
-HAVE_ENGINE = report_generator is not None and hasattr(report_generator, "generate_report")
-HAVE_INGEST = all(hasattr(database, name) for name in ("read_table_csv", "ingest_store_status", "LoadError"))
-HAVE_DATA = sample_data is not None and hasattr(sample_data, "generate_dataset") and hasattr(database, "load_files")
-needs_engine = pytest.mark.skipif(not (HAVE_ENGINE and HAVE_DATA), reason="report engine or sample data not there yet")
-needs_ingest = pytest.mark.skipif(not HAVE_INGEST, reason="ingestion functions not there yet")
+import report_generator
+import sample_data
 
 STANDARD_HEADER = ("store_id,uptime_last_hour,uptime_last_day,uptime_last_week,"
                    "downtime_last_hour,downtime_last_day,downtime_last_week")
 
 
 def worker_threads():
-    return [t for t in threading.enumerate() if t.name.startswith(("report-worker-", "report-progress")) and t.is_alive()]
+    return [t for t in threading.enumerate() if t.name.startswith("report-worker-") and t.is_alive()]
 
 
 def openapi_path(rule: str) -> str:
@@ -225,8 +213,6 @@ def test_running_and_failed_states(make_app):
 
 
 def test_report_error_is_shown_to_the_user(make_app):
-    if report_generator is None:
-        pytest.skip("report_generator missing")
     error = report_generator.ReportError("there are no polls to report on; load store_status first")
     client = make_app(generate=FakeEngine(error=error)).test_client()
     assert poll(client, trigger(client)) == {"status": "Failed", "error": str(error)}
@@ -448,7 +434,6 @@ def test_bad_store_status_bodies(make_app, data, content_type, status):
     assert_json_error(client.post("/store_status", data=data, content_type=content_type), status)
 
 
-@needs_ingest
 def test_store_status_missing_column_is_400(make_app):
     client = make_app(start_workers=False).test_client()
     message = assert_json_error(client.post("/store_status", data=b"store_id,status\na,active\n",
@@ -464,7 +449,6 @@ def poll_count(settings):
         conn.close()
 
 
-@needs_ingest
 def test_store_status_csv_and_json(make_app, settings):
     client = make_app(start_workers=False).test_client()
     body = ("store_id,status,timestamp_utc\n"
@@ -537,8 +521,6 @@ def test_openapi_matches_url_map(make_app):
 @pytest.fixture
 def loaded(settings, tmp_path):
     """A small realistic data set from sample_data, loaded into the temporary database."""
-    if not (HAVE_ENGINE and HAVE_DATA):
-        pytest.skip("report engine or sample data not there yet")
     paths = sample_data.generate_dataset(tmp_path / "data", stores=40, seed=7)
     conn = database.connect(settings.database_path)
     database.load_files(conn, status=paths["store_status"], hours=paths["business_hours"],
@@ -580,7 +562,6 @@ def downloaded(client, body) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(response.data), dtype={"store_id": str})
 
 
-@needs_engine
 def test_full_flow_matches_engine(make_app, settings, loaded):
     client = make_app().test_client()
     body = poll(client, trigger(client))
@@ -594,7 +575,6 @@ def test_full_flow_matches_engine(make_app, settings, loaded):
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", body["as_of"])
 
 
-@needs_engine
 def test_full_flow_with_as_of_store_ids_and_extended(make_app, settings, loaded):
     client = make_app().test_client()
     everything = poll(client, trigger(client))
@@ -616,12 +596,10 @@ def test_full_flow_with_as_of_store_ids_and_extended(make_app, settings, loaded)
     assert as_csv.data == client.get(result["download_url"]).data
 
 
-@needs_engine
 def test_ten_concurrent_triggers_real_engine(make_app, loaded):
     run_concurrent_triggers(make_app(), 10)
 
 
-@needs_engine
 def test_empty_database_report_fails_with_a_readable_error(make_app):
     client = make_app().test_client()
     body = poll(client, trigger(client))
@@ -629,7 +607,6 @@ def test_empty_database_report_fails_with_a_readable_error(make_app):
     assert "internal error" not in body["error"]
 
 
-@needs_engine
 def test_restart_recovery_with_real_engine(make_app, settings, loaded):
     conn = database.connect(settings.database_path)
     report_id = str(uuid.uuid4())
@@ -642,8 +619,6 @@ def test_restart_recovery_with_real_engine(make_app, settings, loaded):
     pd.testing.assert_frame_equal(downloaded(client, body), engine_csv(settings))
 
 
-@needs_engine
-@needs_ingest
 def test_ingestion_while_reports_run(make_app, settings, loaded):
     """Polls appended in batches while reports run: every request succeeds, no poll is lost, and each
     report equals the engine's result on the data after some whole number of batches."""
@@ -694,7 +669,6 @@ def test_ingestion_while_reports_run(make_app, settings, loaded):
     pd.testing.assert_frame_equal(downloaded(client, after), final)
 
 
-@pytest.mark.skipif(not HAVE_DATA, reason="sample data not there yet")
 def test_first_start_loads_data_dir(make_app, settings, caplog):
     sample_data.generate_dataset(settings.data_dir, stores=5, seed=3)
     with caplog.at_level("INFO", logger="store_monitoring.app"):
@@ -704,3 +678,14 @@ def test_first_start_loads_data_dir(make_app, settings, caplog):
     before = poll_count(settings)
     make_app(start_workers=False, load_data=True)  # not empty any more: nothing is loaded twice
     assert poll_count(settings) == before
+
+
+def test_flask_cli_load_command_uses_the_loader(settings, fixtures_dir):
+    app = create_app(settings, start_workers=False)  # what `flask --app app:cli_app` makes, on test paths
+    result = app.test_cli_runner().invoke(args=["load", "--status", str(fixtures_dir / "store_status_2023.csv")])
+    assert result.exit_code == 0, result.output
+    assert "store_status" in result.output and "loaded 30" in result.output
+    assert poll_count(settings) == 30
+    missing = app.test_cli_runner().invoke(args=["load", "--status", str(fixtures_dir / "nope.csv")])
+    assert missing.exit_code == 2
+    shutdown(app)
