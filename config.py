@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pytz
 from dotenv import load_dotenv
 
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -70,4 +71,7 @@ class Settings:
             else:
                 values[field] = raw
         settings = replace(cls(), **values)
-        return replace(settings, **overrides) if overrides else settings
+        settings = replace(settings, **overrides) if overrides else settings
+        if settings.default_timezone not in pytz.all_timezones_set:
+            raise ValueError(f"SM_DEFAULT_TIMEZONE is not a tz database zone: {settings.default_timezone!r}")
+        return settings

@@ -23,8 +23,8 @@ def zones(*rows):
 CHICAGO = zones(("s", "America/Chicago"))
 
 
-def row(frame, store="s"):
-    found = frame[frame["store_id"] == store]
+def row(frame, store=None):
+    found = frame if store is None else frame[frame["store_id"] == store]
     assert len(found) == 1, frame
     return found.iloc[0].to_dict()
 
@@ -303,3 +303,15 @@ def test_no_polls_is_a_clear_error_and_empty_as_of_is_an_empty_report():
         compute_report(polls(), hours(), zones())
     empty = compute_report(polls(("s", "2023-01-28 10:00:00", "active")), hours(), zones(), "2023-01-01")
     assert len(empty) == 0 and list(empty.columns) == STANDARD_COLUMNS
+
+
+def test_readme_worked_example_overnight_fall_back_and_unknown():
+    # The README's example: New York, Saturday 18:00-02:00 across the 2023 fall-back night (9 hours),
+    # Sunday 11:00-15:00 without polls (unknown).
+    r = report_row([("S", "2023-11-04 23:00:00", "active"), ("S", "2023-11-05 03:30:00", "inactive"),
+                    ("S", "2023-11-05 06:00:00", "active")],
+                   [("S", 5, "18:00:00", "02:00:00"), ("S", 6, "11:00:00", "15:00:00")],
+                   "2023-11-05 21:00:00", tz=zones(("S", "America/New_York")))
+    expect(r, uptime_last_hour=0, downtime_last_hour=0, unknown_last_hour=0,
+           uptime_last_day=5.5, downtime_last_day=3.5, unknown_last_day=4,
+           uptime_last_week=5.5, downtime_last_week=3.5, unknown_last_week=4)

@@ -1,0 +1,38 @@
+"""Configuration from the environment (the README's table of SM_* keys)."""
+from pathlib import Path
+
+import pytest
+
+from config import Settings
+
+
+def test_defaults_run_on_one_machine():
+    settings = Settings.from_env({})
+    assert (settings.host, settings.port) == ("127.0.0.1", 5000)
+    assert settings.default_timezone == "America/Chicago"
+    assert settings.database_path.name.endswith(".sqlite3")
+    assert settings.workers >= 1 and settings.queue_limit >= 1
+
+
+def test_environment_keys_are_read_and_overrides_win(tmp_path):
+    env = {"SM_DATABASE": str(tmp_path / "x.sqlite3"), "SM_REPORTS_DIR": str(tmp_path / "r"),
+           "SM_DATA_DIR": " ", "SM_DEFAULT_TIMEZONE": "America/New_York", "SM_HOST": "0.0.0.0",
+           "SM_PORT": "8080", "SM_WORKERS": "3", "SM_QUEUE_LIMIT": "5"}
+    settings = Settings.from_env(env, workers=1)
+    assert settings.database_path == tmp_path / "x.sqlite3"
+    assert settings.reports_dir == tmp_path / "r"
+    assert settings.data_dir == Settings().data_dir  # blank means default
+    assert (settings.default_timezone, settings.host, settings.port) == ("America/New_York", "0.0.0.0", 8080)
+    assert (settings.workers, settings.queue_limit) == (1, 5)
+    assert isinstance(settings.database_path, Path)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("SM_PORT", "http", "SM_PORT must be an integer"),
+    ("SM_PORT", "70000", "SM_PORT is out of range"),
+    ("SM_WORKERS", "0", "SM_WORKERS is out of range"),
+    ("SM_DEFAULT_TIMEZONE", "Mars/Olympus", "not a tz database zone"),
+])
+def test_bad_values_name_the_key(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env({key: value})
