@@ -42,7 +42,9 @@ Size: `stores=14000, days=8` gives ~1.85M polls, ~86k business-hours rows, ~13.5
 
 `poll_scale=K` makes the poll history K times longer (K * days of hourly polls for the same stores and the
 same business hours/timezones): data keeps arriving hourly, so a longer history is how a real database
-grows. The benchmark's `--scale 10` uses it; the collector-outage day stays a single day.
+grows. The benchmark's `--scale 10` uses it; the collector-outage day stays a single day (so K=10 gives
+~11x the polls of K=1). `polls_per_hour=K` instead polls K times an hour (K times the polls inside every
+report window; the benchmark's `--scale-mode density`).
 """
 from __future__ import annotations
 
@@ -195,15 +197,16 @@ def _store_ids(rng: np.random.Generator, n: int, id_style: str) -> list[str]:
 
 # --- polls ------------------------------------------------------------------------------------------
 
-def _polls(rng: np.random.Generator, n_stores: int, start_us: int, end_us: int):
-    """(store_index, timestamp_us, active) arrays, unsorted. Vectorised over stores x hours."""
-    first_hour = start_us - start_us % HOUR_US
-    n_slots = int((end_us - first_hour) // HOUR_US) + 1
-    offset = rng.integers(0, HOUR_US, size=n_stores)                    # the store's minute in the hour
+def _polls(rng: np.random.Generator, n_stores: int, start_us: int, end_us: int, per_hour: int = 1):
+    """(store_index, timestamp_us, active) arrays, unsorted. Vectorised over stores x poll slots."""
+    slot_us = HOUR_US // per_hour
+    first_hour = start_us - start_us % slot_us
+    n_slots = int((end_us - first_hour) // slot_us) + 1
+    offset = rng.integers(0, slot_us, size=n_stores)                    # the store's minute in the slot
     miss_rate = np.clip(rng.beta(*MISS_RATE_BETA, size=n_stores), 0.05, 0.45)
     inactive_share = np.clip(rng.beta(*INACTIVE_BETA, size=n_stores), 0.0, 0.6)
     run_len = rng.uniform(1.5, 6.0, size=n_stores)                      # mean outage length, hours
-    to_active = 1.0 / run_len
+    to_active = 1.0 / run_len / per_hour
     to_inactive = inactive_share * to_active / (1.0 - inactive_share)
 
     # Status: a Markov chain per store, stepped hourly (a loop over hours, vectorised over stores).
@@ -215,11 +218,12 @@ def _polls(rng: np.random.Generator, n_stores: int, start_us: int, end_us: int):
         active[k] = state
     del u
 
-    jitter = np.clip(rng.normal(0.0, 60e6, size=(n_slots, n_stores)), -300e6, 300e6).astype(np.int64)
+    jitter = np.clip(rng.normal(0.0, 60e6 / per_hour, size=(n_slots, n_stores)),
+                     -300e6 / per_hour, 300e6 / per_hour).astype(np.int64)
     late = rng.random((n_slots, n_stores), dtype=np.float32) < 0.02
-    jitter[late] += rng.integers(300_000_000, 900_000_000, size=int(late.sum()))
+    jitter[late] += rng.integers(300_000_000 // per_hour, 900_000_000 // per_hour, size=int(late.sum()))
     del late
-    ts = first_hour + np.arange(n_slots, dtype=np.int64)[:, None] * HOUR_US + offset[None, :] + jitter
+    ts = first_hour + np.arange(n_slots, dtype=np.int64)[:, None] * slot_us + offset[None, :] + jitter
     del jitter
     keep = rng.random((n_slots, n_stores), dtype=np.float32) >= miss_rate[None, :].astype(np.float32)
     keep &= (ts >= start_us) & (ts < end_us)
@@ -275,12 +279,14 @@ def _values_buffer(arr: pa.Array) -> pa.Buffer:
 
 def generate_dataset(out_dir: Path, *, stores: int = 300, days: float = 8, seed: int = 0,
                      end: datetime | None = None, id_style: str = "int64",
-                     poll_scale: int = 1, store_ids: Sequence[str] | None = None) -> dict[str, Path]:
+                     poll_scale: int = 1, store_ids: Sequence[str] | None = None,
+                     polls_per_hour: int = 1) -> dict[str, Path]:
     """Write store_status.csv, business_hours.csv and timezones.csv into `out_dir`; return their paths.
 
     `store_ids` (optional) names the polled stores, e.g. the ids of a real business-hours/timezone file,
     so that generated polls can be combined with real hours: the first `stores` of them are polled, and
-    generated ids make up any shortfall.
+    generated ids make up any shortfall. `polls_per_hour=K` polls every store K times an hour instead
+    of once (K times the polls inside every window; the benchmark's `--scale-mode density`).
 
     Deterministic: the same arguments give byte-identical files. `end` (UTC; naive means UTC) bounds the
     polls: all are before it, the latest within a few minutes of it. The history covers
@@ -288,8 +294,8 @@ def generate_dataset(out_dir: Path, *, stores: int = 300, days: float = 8, seed:
     """
     if id_style not in DAY_HEADER:
         raise ValueError(f"id_style must be 'int64' or 'uuid', got {id_style!r}")
-    if stores < 1 or days <= 0 or poll_scale < 1:
-        raise ValueError("stores and poll_scale must be >= 1 and days > 0")
+    if stores < 1 or days <= 0 or poll_scale < 1 or not 1 <= polls_per_hour <= 60:
+        raise ValueError("stores and poll_scale must be >= 1, days > 0, polls_per_hour 1..60")
     end = DEFAULT_END[id_style] if end is None else end
     if end.tzinfo is None:
         end = end.replace(tzinfo=timezone.utc)
@@ -334,8 +340,9 @@ def generate_dataset(out_dir: Path, *, stores: int = 300, days: float = 8, seed:
 
     # Polls, generated in blocks of stores to bound memory, then shuffled as a whole.
     poll_rng = np.random.default_rng([seed, 2])
-    block = max(1, int(4_000_000 // max(1, (end_us - start_us) // HOUR_US + 2)))
-    parts = [_polls(poll_rng, min(block, stores - b0), start_us, end_us) for b0 in range(0, stores, block)]
+    block = max(1, int(4_000_000 // max(1, (end_us - start_us) * polls_per_hour // HOUR_US + 2)))
+    parts = [_polls(poll_rng, min(block, stores - b0), start_us, end_us, polls_per_hour)
+             for b0 in range(0, stores, block)]
     base = np.cumsum([0] + [min(block, stores - b0) for b0 in range(0, stores, block)])[:-1]
     store_idx = np.concatenate([p[0] + b for p, b in zip(parts, base)])
     ts_us = np.concatenate([p[1] for p in parts])
@@ -386,12 +393,14 @@ def main(argv=None) -> int:
     parser.add_argument("--id-style", choices=sorted(DAY_HEADER), default="int64",
                         help="int64: 2023 edition (header `day`); uuid: 2024 edition (header `dayOfWeek`)")
     parser.add_argument("--poll-scale", type=int, default=1, help="K: K times longer poll history")
+    parser.add_argument("--polls-per-hour", type=int, default=1, help="K: poll every store K times an hour")
     parser.add_argument("--end", help="UTC instant bounding the polls, ISO 8601 (default: fixed per edition)")
     args = parser.parse_args(argv)
     end = datetime.fromisoformat(args.end.replace("Z", "+00:00")) if args.end else None
     try:
         paths = generate_dataset(args.out, stores=args.stores, days=args.days, seed=args.seed, end=end,
-                                 id_style=args.id_style, poll_scale=args.poll_scale)
+                                 id_style=args.id_style, poll_scale=args.poll_scale,
+                                 polls_per_hour=args.polls_per_hour)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -188,3 +188,11 @@ def test_given_store_ids_are_polled(tmp_path):
     assert {"a", "b", "c"} <= ids and len(ids) == 5
     few = polls(generate_dataset(tmp_path / "few", stores=2, days=1, seed=0, store_ids=given))
     assert set(few["store_id"]) == {"b", "a"}
+
+
+def test_polls_per_hour_densifies_polling(tmp_path):
+    one = polls(generate_dataset(tmp_path / "one", stores=30, days=2, seed=1))
+    four = polls(generate_dataset(tmp_path / "four", stores=30, days=2, seed=1, polls_per_hour=4))
+    assert 3.5 < len(four) / len(one) < 4.5
+    gaps = four.sort_values(["store_id", "t"]).groupby("store_id")["t"].diff().dropna().dt.total_seconds()
+    assert 800 < gaps.median() < 1000     # every 15 minutes
