@@ -56,7 +56,30 @@ class BenchError(RuntimeError):
 # --- child-process workers (python bench/run.py _worker ...) ----------------------------------------
 
 def _emit(result) -> None:
+    """The worker's result as one line, with its own peak RSS. VmHWM of /proc/self is reset by exec, so
+    unlike wait4's ru_maxrss it never includes the parent's pages that a fork/vfork briefly shared."""
+    result = {**result, "self_peak_rss_mb": peak_rss_mb(os.getpid())}
     print(RESULT_PREFIX + json.dumps(result, default=str), flush=True)
+
+
+def worker_generate(args) -> int:
+    """Generate the data set in this child process (the parent stays small, see _emit)."""
+    import sample_data
+
+    store_ids, id_style = None, args.id_style
+    if args.hours or args.timezones:
+        store_ids = store_ids_of(*[Path(p) for p in (args.hours, args.timezones) if p])
+        if store_ids and "-" in store_ids[0] and len(store_ids[0]) == 36:
+            id_style = "uuid"
+    start = time.perf_counter()
+    history = args.scale_mode == "history"
+    paths = sample_data.generate_dataset(Path(args.out), stores=args.stores, days=args.days, seed=args.seed,
+                                         id_style=id_style, store_ids=store_ids,
+                                         poll_scale=args.scale if history else 1,
+                                         polls_per_hour=1 if history else args.scale)
+    _emit({"seconds": time.perf_counter() - start, "paths": {k: str(v) for k, v in paths.items()},
+           "id_style": id_style})
+    return 0
 
 
 def _summary_dict(summary):
@@ -292,21 +315,21 @@ def run(args, work: Path, children: list[Child]) -> dict:
                  "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                  "machine": f"{os.cpu_count()} CPUs, Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"}
 
-    # 1. data
-    import sample_data
-
-    store_ids, id_style = None, args.id_style
-    if args.hours or args.timezones:
-        store_ids = store_ids_of(*[Path(p) for p in (args.hours, args.timezones) if p])
-        if store_ids and "-" in store_ids[0] and len(store_ids[0]) == 36:
-            id_style = "uuid"
-    start = time.perf_counter()
-    history = args.scale_mode == "history"
-    paths = sample_data.generate_dataset(data_dir, stores=args.stores, days=args.days, seed=args.seed,
-                                         id_style=id_style, store_ids=store_ids,
-                                         poll_scale=args.scale if history else 1,
-                                         polls_per_hour=1 if history else args.scale)
-    res["generate_s"] = time.perf_counter() - start
+    # 1. data, generated in a child process
+    cmd = [py, me, "_worker", "generate", "--out", str(data_dir), "--stores", str(args.stores), "--days",
+           str(args.days), "--seed", str(args.seed), "--id-style", args.id_style, "--scale", str(args.scale),
+           "--scale-mode", args.scale_mode]
+    for option in ("hours", "timezones"):
+        if getattr(args, option):
+            cmd += [f"--{option}", str(Path(getattr(args, option)).resolve())]
+    child = Child(cmd, logs, "generate")
+    children.append(child)
+    if child.wait() != 0:
+        raise BenchError(f"data generation failed (exit {child.proc.returncode}):\n{child.errors()}")
+    generated = child.result()
+    paths = {k: Path(v) for k, v in generated["paths"].items()}
+    res["generate_s"] = generated["seconds"]
+    res["generate_peak_rss_mb"] = generated["self_peak_rss_mb"]
     files = {"store_status": paths["store_status"],
              "business_hours": Path(args.hours).resolve() if args.hours else paths["business_hours"],
              "timezones": Path(args.timezones).resolve() if args.timezones else paths["timezones"]}
@@ -335,7 +358,9 @@ def run(args, work: Path, children: list[Child]) -> dict:
         timed = re.search(r" in ([0-9.]+) s", ingest["cli_output"].strip().splitlines()[-1] if ingest["cli_output"].strip() else "")
         if timed:  # the CLI's own figure: connect + read + load, without interpreter start-up
             ingest["seconds"] = {"all (CLI's own figure)": float(timed.group(1))}
-    res["ingest"] = {"process_wall_s": child.wall, "peak_rss_mb": child.maxrss_mb, **ingest}
+    # The worker's own VmHWM; for the CLI only wait4's figure exists (it may include the parent's RSS).
+    res["ingest"] = {"process_wall_s": child.wall, "wait4_maxrss_mb": child.maxrss_mb,
+                     "peak_rss_mb": ingest.get("self_peak_rss_mb") or child.maxrss_mb, **ingest}
     res["db_mb"] = db_path.stat().st_size / 2**20
     print(f"ingested in {child.wall:.1f} s (process wall), database {res['db_mb']:.0f} MB", flush=True)
 
@@ -394,7 +419,8 @@ def run(args, work: Path, children: list[Child]) -> dict:
         if engine.wait() != 0:
             raise BenchError(f"engine runs failed (exit {engine.proc.returncode}):\n{engine.errors()}")
         runs = (engine.result() or {}).get("runs", [])
-        res["engine"] = {"runs": runs, "peak_rss_mb": engine.maxrss_mb,
+        res["engine"] = {"runs": runs, "peak_rss_mb": (engine.result() or {}).get("self_peak_rss_mb"),
+                         "wait4_maxrss_mb": engine.maxrss_mb,
                          "median_s": median([r["seconds"] for r in runs]),
                          "median_timings": {k: median([r["timings"].get(k) for r in runs])
                                             for k in ("load", "compute", "write")}}
@@ -434,6 +460,8 @@ def render(res: dict) -> str:
     out.append("")
     ingest = res["ingest"]
     rows = [("step", "rows", "seconds", "rows/s", "peak RSS MB", "target")]
+    rows.append(("generate data (sample_data)", f"{sum(res['csv_rows'].values()):,}", _f(res["generate_s"]), "",
+                 _f(res.get("generate_peak_rss_mb"), "{:.0f}"), ""))
     seconds = ingest.get("seconds") or {}
     counts = ingest.get("counts") or {}
     if ingest.get("per_table"):
@@ -495,7 +523,7 @@ def parse_args(argv):
     parser.add_argument("--ingest", choices=("load_files", "cli"), default="load_files",
                         help="load with database.load_files per table (default) or the `database.py load` CLI")
     parser.add_argument("--runs", type=int, default=3, help="direct engine runs for the median (0: skip)")
-    parser.add_argument("--api-runs", type=int, default=1, help="reports triggered through the API")
+    parser.add_argument("--api-runs", type=int, default=2, help="reports triggered through the API")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for a report (default 900)")
     parser.add_argument("--keep", help="work in this directory and keep it (data, database, reports, logs)")
     parser.add_argument("--json", help="also write the raw results as JSON to this file")
@@ -504,8 +532,14 @@ def parse_args(argv):
 
 def worker_main(argv) -> int:
     parser = argparse.ArgumentParser(prog="run.py _worker")
-    parser.add_argument("kind", choices=("ingest", "serve", "engine"))
-    parser.add_argument("--db", required=True)
+    parser.add_argument("kind", choices=("generate", "ingest", "serve", "engine"))
+    parser.add_argument("--db")
+    parser.add_argument("--stores", type=int)
+    parser.add_argument("--days", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--id-style")
+    parser.add_argument("--scale", type=int)
+    parser.add_argument("--scale-mode")
     parser.add_argument("--status")
     parser.add_argument("--hours")
     parser.add_argument("--timezones")
@@ -514,7 +548,8 @@ def worker_main(argv) -> int:
     parser.add_argument("--out")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args(argv)
-    return {"ingest": worker_ingest, "serve": worker_serve, "engine": worker_engine}[args.kind](args)
+    return {"generate": worker_generate, "ingest": worker_ingest, "serve": worker_serve,
+            "engine": worker_engine}[args.kind](args)
 
 
 def main(argv=None) -> int:
