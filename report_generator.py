@@ -16,6 +16,7 @@ import csv
 import os
 import tempfile
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -44,13 +45,13 @@ STANDARD_COLUMNS = [
 ]
 EXTENDED_COLUMNS = STANDARD_COLUMNS + ["unknown_last_hour", "unknown_last_day", "unknown_last_week"]
 
-# Business intervals are generated from local dates starting this long before the week window, so
-# every interval that can reach into the window is complete (an interval spans at most two local days).
-HORIZON_BEFORE_WEEK_US = 11 * US_PER_DAY
-# A merged interval that already covers this much time before the window start, up to it, means the
-# weekly schedule covers every local time of the week: the store is open continuously, and the interval
-# is treated as starting at minus infinity (as the reference does over the full history).
-CONTINUOUS_IF_COVERS_US = 8 * US_PER_DAY
+# Business intervals are generated from the local dates starting this long before the week window.
+# A store whose schedule covers every hour of the local week is open continuously (see
+# `_covers_whole_week`); any other store closes once a week, except where a DST gap or a skipped day
+# removes its closed hours, which the tz database never does two weeks running. So a merged interval
+# lasts under two weeks, and rows of up to two days earlier can reach into it: 17 days is enough for
+# every interval that touches the week to be complete.
+HORIZON_BEFORE_WEEK_US = 17 * US_PER_DAY
 
 
 KNOWN_ZONES = frozenset(pytz.all_timezones)  # pytz's own set is lazy and slow to query
@@ -138,16 +139,44 @@ def _resolve_timezones(store_ids: pd.Index, timezones: pd.DataFrame, default_tim
 
 # --- business intervals -----------------------------------------------------------------------------
 
-def _localize_earliest(local_us: np.ndarray, zone: str) -> np.ndarray:
-    """Local wall-clock microseconds -> UTC microseconds in `zone`.
+def _localize_earliest(local_us: np.ndarray, tz) -> np.ndarray:
+    """Local wall-clock microseconds -> UTC microseconds in the pytz zone `tz`.
 
     Ambiguous times (fall back) take the earlier instant; nonexistent times (spring-forward gap) become
-    the instant of the transition, which is what pandas' 'shift_forward' yields.
+    the instant of the transition. pandas marks the nonexistent ones (NaT) and those few are resolved by
+    `_gap_transition_us`: its own 'shift_forward' lands an hour late in zones such as America/Anchorage.
     """
     index = pd.DatetimeIndex(local_us.astype("datetime64[us]"))
-    as_dst = index.tz_localize(zone, ambiguous=np.ones(len(index), bool), nonexistent="shift_forward")
-    as_std = index.tz_localize(zone, ambiguous=np.zeros(len(index), bool), nonexistent="shift_forward")
-    return np.minimum(as_dst.as_unit("us").asi8, as_std.as_unit("us").asi8)
+    as_dst = index.tz_localize(tz, ambiguous=np.ones(len(index), bool), nonexistent="NaT")
+    as_std = index.tz_localize(tz, ambiguous=np.zeros(len(index), bool), nonexistent="NaT")
+    utc = np.minimum(as_dst.as_unit("us").asi8, as_std.as_unit("us").asi8)
+    in_gap = np.asarray(as_dst.isna())
+    if in_gap.any():
+        skipped, which = np.unique(local_us[in_gap], return_inverse=True)
+        utc[in_gap] = np.array([_gap_transition_us(int(value), tz) for value in skipped], np.int64)[which]
+    return utc
+
+
+def _gap_transition_us(local_us: int, tz) -> int:
+    """The UTC instant of the transition that skipped the local time `local_us` (whole seconds).
+
+    The wall clock u + offset(u) rises with the UTC instant u except at fall-back transitions, and
+    none lies within a day of a spring-forward gap; so the first instant whose wall clock is past the
+    skipped time is the transition, found by bisection.
+    """
+    def wall_clock_s(utc_s: int) -> int:
+        moment = datetime.fromtimestamp(utc_s, timezone.utc).astimezone(tz)
+        return utc_s + int(moment.utcoffset().total_seconds())
+
+    target_s = local_us // US_PER_SECOND
+    low, high = target_s - 26 * 3600, target_s + 26 * 3600  # offsets are within +-14 h: wall clock below, above
+    while high - low > 1:
+        middle = (low + high) // 2
+        if wall_clock_s(middle) > target_s:
+            high = middle
+        else:
+            low = middle
+    return high * US_PER_SECOND
 
 
 def _business_intervals(codes: np.ndarray, day: np.ndarray, start_us: np.ndarray, end_us: np.ndarray,
@@ -173,8 +202,8 @@ def _business_intervals(codes: np.ndarray, day: np.ndarray, start_us: np.ndarray
             row_of.append(rows)
         rows = np.concatenate(row_of)
         out_codes.append(codes[rows])
-        out_begin.append(_localize_earliest(np.concatenate(local_begin), zone))
-        out_end.append(_localize_earliest(np.concatenate(local_end), zone))
+        out_begin.append(_localize_earliest(np.concatenate(local_begin), tz))
+        out_end.append(_localize_earliest(np.concatenate(local_end), tz))
     if not out_codes:
         empty = np.empty(0, np.int64)
         return empty, empty, empty
@@ -323,17 +352,19 @@ class _Intervals:
 def _store_intervals(business_hours: pd.DataFrame, p: _Polls, zone_of_store: np.ndarray, zones: np.ndarray,
                      week_start: int) -> _Intervals:
     horizon = week_start - HORIZON_BEFORE_WEEK_US
-    # Stand-ins for minus and plus infinity, just outside every time the report looks at.
-    neg_inf, pos_inf = horizon - US_PER_DAY, p.now_us + US_PER_DAY
+    # Stand-ins for minus and plus infinity, outside every time the report looks at: generated intervals
+    # begin at the earliest on the local midnight before `horizon`.
+    neg_inf, pos_inf = horizon - 2 * US_PER_DAY, p.now_us + US_PER_DAY
     store, day, start_us, end_us = _schedule_rows(business_hours, p)
-    iv_store, iv_begin, iv_end = _business_intervals(store, day, start_us, end_us, zone_of_store, zones,
-                                                     horizon, p.now_us + US_PER_DAY)
+    # Open 24/7: stores without (readable) business hours, and those whose hours cover the whole week.
+    always_open = np.ones(len(p.stores), bool)
+    always_open[store] = False
+    always_open |= _covers_whole_week(store, day, start_us, end_us, len(p.stores))
+    rows = ~always_open[store]
+    iv_store, iv_begin, iv_end = _business_intervals(store[rows], day[rows], start_us[rows], end_us[rows],
+                                                     zone_of_store, zones, horizon, p.now_us + US_PER_DAY)
     iv_store, iv_begin, iv_end = _merge_intervals(iv_store, iv_begin, iv_end)
-    iv_begin = np.where(iv_begin <= week_start - CONTINUOUS_IF_COVERS_US, neg_inf, iv_begin)
-    # A store without (readable) business hours is open 24/7: one interval without begin or end.
-    scheduled = np.zeros(len(p.stores), bool)
-    scheduled[store] = True
-    always_open = np.flatnonzero(~scheduled)
+    always_open = np.flatnonzero(always_open)
     iv_store = np.concatenate([iv_store, always_open])
     iv_begin = np.concatenate([iv_begin, np.full(len(always_open), neg_inf)])
     iv_limit = np.concatenate([iv_end, np.full(len(always_open), pos_inf)])
@@ -341,6 +372,24 @@ def _store_intervals(business_hours: pd.DataFrame, p: _Polls, zone_of_store: np.
     relevant = (iv_end > week_start) & (iv_begin < iv_end)
     order = np.lexsort((iv_begin[relevant], iv_store[relevant]))
     return _Intervals(*(a[relevant][order] for a in (iv_store, iv_begin, iv_end, iv_limit)), neg_inf, pos_inf)
+
+
+def _covers_whole_week(store: np.ndarray, day: np.ndarray, start_us: np.ndarray, end_us: np.ndarray,
+                       n_stores: int) -> np.ndarray:
+    """Per store: do its rows cover every instant of the local week (Monday 00:00 to Monday 00:00)?
+
+    Such a store is open continuously in UTC as well, DST or not: each local date is covered from its
+    midnight to the next, and touching local times map to the same instant.
+    """
+    begin = day * US_PER_DAY + start_us
+    end = day * US_PER_DAY + end_us
+    wraps = end > WEEK_US  # Sunday night rows continue into Monday morning
+    codes, begin, end = _merge_intervals(np.concatenate([store, store[wraps]]),
+                                         np.concatenate([begin, np.zeros(int(wraps.sum()), np.int64)]),
+                                         np.concatenate([np.minimum(end, WEEK_US), end[wraps] - WEEK_US]))
+    whole = np.zeros(n_stores, bool)
+    whole[codes[(begin == 0) & (end == WEEK_US)]] = True
+    return whole
 
 
 def _schedule_rows(business_hours: pd.DataFrame, p: _Polls):
@@ -406,8 +455,7 @@ def _nearest_poll_segments(p: _Polls, iv: _Intervals) -> _Segments:
 
     # The interval of each poll: the last one of its store beginning at or before it, if it reaches it.
     interval = np.searchsorted(iv.store * band + (iv.begin - iv.neg_inf), poll_key, side="right") - 1
-    candidate = np.maximum(interval, 0)
-    evidence = (interval >= 0) & (iv.store[candidate] == store) & (t_us < iv.limit[candidate])
+    evidence = (_lookup(iv.store, interval, -1) == store) & (t_us < _lookup(iv.limit, interval, 0))
     g, t, active = interval[evidence], t_us[evidence], active[evidence]
 
     # Each poll owns [midpoint with the previous, midpoint with the next) of its interval; the first

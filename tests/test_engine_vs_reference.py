@@ -10,13 +10,17 @@ import reference
 from report_generator import EXTENDED_COLUMNS, compute_report
 
 UTC = timezone.utc
-# Reference instants: ordinary weeks, and weeks around the US DST changes of 2023.
+# Reference instants: ordinary weeks, and weeks around DST changes: the US and Alaska (March and
+# November 2023), Lord Howe's half-hour changes (April and October 2023), Europe (March 2023), and
+# Samoa skipping 30 December 2011 altogether.
 NOWS = [datetime(2023, 1, 25, 18, 13, 22, tzinfo=UTC), datetime(2023, 3, 13, 7, 30, tzinfo=UTC),
         datetime(2023, 3, 16, 2, 0, tzinfo=UTC), datetime(2023, 11, 6, 8, 15, tzinfo=UTC),
-        datetime(2023, 11, 9, 12, 0, tzinfo=UTC), datetime(2024, 3, 12, 0, 0, tzinfo=UTC)]
+        datetime(2023, 11, 9, 12, 0, tzinfo=UTC), datetime(2024, 3, 12, 0, 0, tzinfo=UTC),
+        datetime(2023, 4, 3, 10, 0, tzinfo=UTC), datetime(2023, 10, 2, 22, 0, tzinfo=UTC),
+        datetime(2023, 3, 27, 5, 0, tzinfo=UTC), datetime(2012, 1, 2, 12, 0, tzinfo=UTC)]
 ZONES = ["America/Chicago", "America/New_York", "America/Denver", "America/Los_Angeles", "America/Phoenix",
-         "Pacific/Honolulu", "Asia/Beirut", "Europe/London", "Australia/Lord_Howe", " America/Boise ",
-         "", None, "Not/A_Zone"]
+         "America/Anchorage", "Pacific/Honolulu", "Asia/Beirut", "Europe/London", "Australia/Lord_Howe",
+         "Pacific/Apia", " America/Boise ", "", None, "Not/A_Zone"]
 TIMES = ["00:00:00", "00:01:00", "01:00:00", "01:30:00", "02:00:00", "02:30:00", "03:00:00", "09:00:00",
          "11:59:30.5", "12:00:00", "17:00:00", "22:00:00", "23:00:00", "23:59:59", "23:59:59.999"]
 
@@ -28,7 +32,12 @@ def random_dataset(rng: np.random.Generator, n_stores: int, now_us: int):
         zone = ZONES[rng.integers(len(ZONES))]
         if zone is not None:
             zones[store] = zone
-        if rng.random() < 0.75:  # otherwise 24/7
+        shape = rng.random()
+        if shape < 0.1:  # open all week, or all week but one slot that a DST gap may remove
+            hours += [(store, day, "00:00:00", "23:59:59") for day in range(6)]
+            hours += [(store, 6, "00:00:00", "02:00:00"), (store, 6, ["02:00:00", "03:00:00"][rng.integers(2)],
+                                                             "23:59:59")]
+        elif shape < 0.75:  # otherwise 24/7
             for _ in range(rng.integers(0, 6)):
                 start, end = TIMES[rng.integers(len(TIMES))], TIMES[rng.integers(len(TIMES))]
                 hours.append((store, int(rng.integers(0, 7)), start, end))

@@ -315,3 +315,30 @@ def test_readme_worked_example_overnight_fall_back_and_unknown():
     expect(r, uptime_last_hour=0, downtime_last_hour=0, unknown_last_hour=0,
            uptime_last_day=5.5, downtime_last_day=3.5, unknown_last_day=4,
            uptime_last_week=5.5, downtime_last_week=3.5, unknown_last_week=4)
+
+
+def test_spring_forward_gap_in_alaska_becomes_the_transition_instant():
+    # Anchorage, Sunday 2023-03-12 02:30-05:00: 02:30 does not exist -> 03:00 AKDT = 11:00 UTC; 05:00 AKDT
+    # = 13:00 UTC. (pandas' own 'shift_forward' lands an hour late in this zone.)
+    r = report_row([("s", "2023-03-12 12:30:00", "active")], [("s", 6, "02:30:00", "05:00:00")],
+                   "2023-03-12 14:00:00", tz=zones(("s", "America/Anchorage")))
+    expect(r, uptime_last_day=2)
+
+
+def test_closed_hour_removed_by_dst_does_not_make_a_store_open_forever():
+    # Open all week except Sunday 02:00-03:00, which the 2023-03-12 clock change skips: the intervals
+    # merge across that Sunday, but the store was still closed a week earlier. Its only poll (in
+    # February) lies in an earlier interval, so the week of 2023-03-13..20 is unknown, not down.
+    schedule = [("s", d, "00:00:00", "23:59:59") for d in range(6)] + [("s", 6, "00:00:00", "02:00:00"),
+                                                                         ("s", 6, "03:00:00", "23:59:59")]
+    frame = compute_report(polls(("s", "2023-02-20 15:00:00", "inactive"), ("t", "2023-03-20 12:00:00", "active")),
+                           hours(*schedule), CHICAGO, extended=True)
+    expect(row(frame, "s"), downtime_last_week=0, uptime_last_week=0, unknown_last_week=167)
+
+
+def test_samoa_skipped_day_is_no_business_time():
+    # Pacific/Apia skipped Friday 2011-12-30. A store open only on Fridays had no business time that week.
+    frame = compute_report(polls(("s", "2011-12-29 20:00:00", "active"), ("s", "2012-01-01 20:00:00", "active")),
+                           hours(("s", 4, "09:00:00", "17:00:00")), zones(("s", "Pacific/Apia")),
+                           "2012-01-02 00:00:00", extended=True)
+    expect(row(frame), uptime_last_week=0, downtime_last_week=0, unknown_last_week=0)
