@@ -192,15 +192,21 @@ def parse_as_of(value) -> str:
     return naive.isoformat(timespec="microseconds" if naive.microsecond else "seconds") + "Z"
 
 
+def parse_json(raw: bytes):
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # nesting deeper than the parser can follow
+        raise ApiError(400, "request body is not usable JSON: nested too deeply") from None
+
+
 def parse_trigger_body() -> dict:
     raw = request.get_data(cache=False)
     if not raw.strip():
         body = {}
     else:
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        body = parse_json(raw)
     if body is None:
         body = {}
     if not isinstance(body, dict):
@@ -242,10 +248,7 @@ def parse_report_id(value: str | None) -> str:
 
 def polls_from_json(raw: bytes) -> io.BytesIO:
     """A JSON list of {store_id, status, timestamp_utc} -> the same rows as CSV for the loader."""
-    try:
-        items = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    items = parse_json(raw)
     if not isinstance(items, list):
         raise ApiError(400, "a JSON body must be a list of objects {store_id, status, timestamp_utc}")
     text = io.StringIO()
@@ -267,7 +270,10 @@ def polls_from_json(raw: bytes) -> io.BytesIO:
                 raise ApiError(400, f"item {index}: {key} must be a string, got {json.dumps(value)}")
             row.append(str(value))
         writer.writerow(row)
-    return io.BytesIO(text.getvalue().encode("utf-8"))
+    try:
+        return io.BytesIO(text.getvalue().encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" is valid JSON but not text
+        raise ApiError(400, "the JSON body contains a string that is not valid Unicode text") from None
 
 
 def wants_csv() -> bool:
@@ -310,6 +316,7 @@ def _register_routes(app: Flask) -> None:
             "as_of": job["as_of"],
             "seconds": job["seconds"],
             "timings": job["timings"] or {},
+            "meta": job["meta"] or {},
         })
 
     @app.get("/reports/<uuid:report_id>.csv")
@@ -497,7 +504,15 @@ def openapi_document() -> dict:
                                    "seconds": {"type": "number"},
                                    "timings": {"type": "object",
                                                "additionalProperties": {"type": "number"},
-                                               "description": "Seconds spent in load, compute, write"}}},
+                                               "description": "Seconds spent in load, compute, write"},
+                                   "meta": {"type": "object", "description": (
+                                       "stores (rows), stores_without_timezone and "
+                                       "stores_with_unknown_timezone (both reported in default_timezone)"),
+                                       "properties": {
+                                           "stores": {"type": "integer"},
+                                           "stores_without_timezone": {"type": "integer"},
+                                           "stores_with_unknown_timezone": {"type": "integer"},
+                                           "default_timezone": {"type": "string"}}}}},
             "ReportFailed": {"type": "object", "required": ["status", "error"], "properties": {
                 "status": {"type": "string", "enum": ["Failed"]}, "error": {"type": "string"}}},
             "Poll": {"type": "object", "required": ["store_id", "status", "timestamp_utc"],

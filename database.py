@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS reports (
     rows        INTEGER,
     seconds     REAL,
     timings     TEXT,                            -- JSON: seconds spent in load / compute / write
+    meta        TEXT,                            -- JSON: store counts, defaulted/unknown timezones
     progress    REAL NOT NULL DEFAULT 0,
     attempts    INTEGER NOT NULL DEFAULT 0,
     error       TEXT,
@@ -90,7 +91,15 @@ def connect(path: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.executescript(SCHEMA)
+    _add_missing_columns(conn)
     return conn
+
+
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Columns added to the schema after a database was created (CREATE IF NOT EXISTS leaves it as is)."""
+    report_columns = {row["name"] for row in conn.execute("PRAGMA table_info(reports)")}
+    if "meta" not in report_columns:
+        conn.execute("ALTER TABLE reports ADD COLUMN meta TEXT")
 
 
 @contextmanager
@@ -125,6 +134,7 @@ def get_report_job(conn: sqlite3.Connection, report_id: str) -> dict | None:
     job = dict(row)
     job["params"] = json.loads(job["params"])
     job["timings"] = json.loads(job["timings"]) if job["timings"] else None
+    job["meta"] = json.loads(job["meta"]) if job["meta"] else None
     return job
 
 
@@ -141,11 +151,11 @@ def set_report_progress(conn: sqlite3.Connection, report_id: str, progress: floa
 
 
 def mark_report_complete(conn: sqlite3.Connection, report_id: str, *, file: str, rows: int, as_of: str,
-                         seconds: float, timings: dict | None = None) -> None:
+                         seconds: float, timings: dict | None = None, meta: dict | None = None) -> None:
     conn.execute(
         "UPDATE reports SET status = 'Complete', finished_at = ?, progress = 1, file = ?, rows = ?, "
-        "as_of = ?, seconds = ?, timings = ?, error = NULL WHERE report_id = ?",
-        (utc_now_iso(), file, rows, as_of, seconds, json.dumps(timings or {}), report_id),
+        "as_of = ?, seconds = ?, timings = ?, meta = ?, error = NULL WHERE report_id = ?",
+        (utc_now_iso(), file, rows, as_of, seconds, json.dumps(timings or {}), json.dumps(meta or {}), report_id),
     )
 
 

@@ -217,17 +217,16 @@ class ReportJobs:
                 message = internal_error_message(report_id)
             database.mark_report_failed(conn, report_id, message)
             return
-        result = {"rows": int(outcome.rows), "as_of": iso_utc(outcome.as_of), "seconds": float(outcome.seconds),
-                  "timings": {k: float(v) for k, v in (outcome.timings or {}).items()}}
         database.mark_report_complete(
             conn, report_id,
             file=file_name,
-            rows=result["rows"],
-            as_of=result["as_of"],
-            seconds=round(result["seconds"], 6),
-            timings={k: round(v, 6) for k, v in result["timings"].items()},
+            rows=int(outcome.rows),
+            as_of=iso_utc(outcome.as_of),
+            seconds=round(float(outcome.seconds), 6),
+            timings={k: round(float(v), 6) for k, v in (outcome.timings or {}).items()},
+            meta=outcome.meta,
         )
-        self.log.info("report %s complete: %d rows in %.2f s", report_id, result["rows"], result["seconds"])
+        self.log.info("report %s complete: %d rows in %.2f s", report_id, outcome.rows, outcome.seconds)
 
 
 class _ProgressWriter:

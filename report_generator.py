@@ -507,8 +507,7 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
     write_csv_atomically(frame, Path(out_path))
     written = time.perf_counter()
     timings = {"load": loaded - started, "compute": computed - loaded, "write": written - computed}
-    meta = {key: (value.isoformat() if isinstance(value, pd.Timestamp) else value)
-            for key, value in frame.attrs.items()}
+    meta = {key: value for key, value in frame.attrs.items() if key != "now"}  # `now` is as_of
     return ReportOutcome(rows=len(frame), as_of=inputs.now, seconds=written - started,
                          timings={k: round(v, 4) for k, v in timings.items()}, meta=meta)
 

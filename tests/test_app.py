@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+from contextlib import closing
 import json
 import re
 import threading
@@ -104,7 +105,8 @@ class FakeEngine:
             raise self.error
         out_path.write_text(STANDARD_HEADER + "\ns1,60.0,24.0,168.0,0.0,0.0,0.0\n")
         return SimpleNamespace(rows=1, as_of=pd.Timestamp("2023-01-25 18:13:22", tz="UTC"), seconds=0.5,
-                               timings={"load": 0.2, "compute": 0.2, "write": 0.1}, meta={})
+                               timings={"load": 0.2, "compute": 0.2, "write": 0.1},
+                               meta={"stores": 1, "stores_with_unknown_timezone": 0})
 
 
 def poll(client, report_id, timeout=20.0):
@@ -149,7 +151,8 @@ def test_trigger_poll_download_with_fake_engine(make_app, settings):
     body = poll(client, report_id)
     assert body == {"status": "Complete", "download_url": f"/reports/{report_id}.csv", "rows": 1,
                     "as_of": "2023-01-25T18:13:22Z", "seconds": 0.5,
-                    "timings": {"load": 0.2, "compute": 0.2, "write": 0.1}}
+                    "timings": {"load": 0.2, "compute": 0.2, "write": 0.1},
+                    "meta": {"stores": 1, "stores_with_unknown_timezone": 0}}
     download = client.get(body["download_url"])
     assert download.status_code == 200 and download.mimetype == "text/csv"
     assert download.headers["Content-Disposition"].startswith("attachment")
@@ -314,6 +317,7 @@ BAD_TRIGGER_BODIES = [
     (b"{not json", "application/json", "not valid JSON"),
     (b"\xff\xfe", "application/json", "not valid JSON"),
     (b"[1, 2]", "application/json", "JSON object"),
+    (b"[" * 100_000, "application/json", "nested too deeply"),
     (b'"standard"', "application/json", "JSON object"),
     (b'{"colums": "standard"}', "application/json", "unknown key"),
     (b'{"as_of": "yesterday"}', "application/json", "as_of"),
@@ -428,6 +432,8 @@ def test_unexpected_errors_are_500_json_without_details(make_app, monkeypatch, c
     (b'[{"store_id": {"x": 1}, "status": "active", "timestamp_utc": "2023-01-01"}]', "application/json", 400),
     (b'[{"store_id": "a", "status": true, "timestamp_utc": "2023-01-01"}]', "application/json", 400),
     (b"<polls/>", "application/xml", 415),
+    (b"[" * 100_000, "application/json", 400),
+    (b'[{"store_id": "\\ud800", "status": "active", "timestamp_utc": "2023-01-01"}]', "application/json", 400),
 ])
 def test_bad_store_status_bodies(make_app, data, content_type, status):
     client = make_app(start_workers=False).test_client()
@@ -573,6 +579,11 @@ def test_full_flow_matches_engine(make_app, settings, loaded):
     assert body["rows"] == len(got) > 0
     assert set(body["timings"]) == {"load", "compute", "write"}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", body["as_of"])
+    with closing(database.connect(settings.database_path)) as conn:
+        no_zone = conn.execute("SELECT COUNT(*) FROM stores WHERE store_id NOT IN "
+                               "(SELECT store_id FROM timezones WHERE timezone_str <> '')").fetchone()[0]
+    assert body["meta"] == {"stores": body["rows"], "stores_without_timezone": no_zone,
+                            "stores_with_unknown_timezone": 0, "default_timezone": "America/Chicago"}
 
 
 def test_full_flow_with_as_of_store_ids_and_extended(make_app, settings, loaded):
