@@ -395,7 +395,7 @@ def run(args, work: Path, children: list[Child]) -> dict:
                 # jobs.py logged a worker crash outside the job's own error handling: the job stays
                 # Running forever, so stop waiting.
                 raise BenchError(f"report {report_id}: the worker crashed, job left Running:\n{server.errors()}")
-            time.sleep(POLL_INTERVAL_S)
+            time.sleep(args.poll_interval)
         t1 = time.perf_counter()
         status, csv_bytes, headers = http("GET", base + job.get("download_url", f"/reports/{report_id}.csv"))
         download_s = time.perf_counter() - t1
@@ -524,6 +524,8 @@ def parse_args(argv):
                         help="load with database.load_files per table (default) or the `database.py load` CLI")
     parser.add_argument("--runs", type=int, default=3, help="direct engine runs for the median (0: skip)")
     parser.add_argument("--api-runs", type=int, default=2, help="reports triggered through the API")
+    parser.add_argument("--poll-interval", type=float, default=POLL_INTERVAL_S,
+                        help=f"seconds between GET /get_report polls (default {POLL_INTERVAL_S})")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for a report (default 900)")
     parser.add_argument("--keep", help="work in this directory and keep it (data, database, reports, logs)")
     parser.add_argument("--json", help="also write the raw results as JSON to this file")
