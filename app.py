@@ -75,9 +75,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True, 
     conn = database.connect(settings.database_path)  # creates the schema before anything else runs
     try:
         if load_data:
-            message = database.ensure_loaded(conn, settings.data_dir)
-            if message:
-                log.info("%s", message)
+            log.info("%s", database.ensure_loaded(conn, settings.data_dir))
     finally:
         conn.close()
     Path(settings.reports_dir).mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ import argparse
 import csv
 import io
 import json
-import logging
 import sqlite3
 import sys
 import time
@@ -204,7 +203,6 @@ TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?: ?UTC|Z
 TIME_RE = r"^(?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?P<f>\.\d{1,6})?)?$"
 
 DEMO_STORES = 300             # size of the generated data set loaded on first start without data/*.csv
-BULK_ROWS = 100_000           # loads at least this big may rebuild secondary indexes instead of updating them
 BULK_CACHE_KIB = 256 * 1024   # page cache while loading (PRAGMA cache_size, KiB)
 
 STATUS_UPSERT = (
@@ -255,12 +253,17 @@ def _source_name(source) -> str:
     return str(getattr(source, "name", None) or "<request>")
 
 
+def _canonical_column(name) -> str:
+    """The column a header names: BOM and spaces dropped, case folded, day-column aliases resolved."""
+    key = str(name).replace("\ufeff", "").strip().lower()
+    return COLUMN_ALIASES.get(key, key)
+
+
 def _normalise_header(names: list[str], table: str) -> list[str]:
     wanted = TABLE_COLUMNS[table]
     out = []
     for i, name in enumerate(names):
-        key = name.replace("\ufeff", "").strip().lower()
-        key = COLUMN_ALIASES.get(key, key)
+        key = _canonical_column(name)
         out.append(key if key in wanted and key not in out else f"_extra_{i}")
     return out
 
@@ -403,7 +406,7 @@ def _start_summary(frame: pd.DataFrame, table: str, source: str) -> TableSummary
 def _check_columns(frame: pd.DataFrame, table: str, source: str) -> pd.DataFrame:
     renamed = {}
     for column in frame.columns:
-        key = COLUMN_ALIASES.get(str(column).replace("\ufeff", "").strip().lower(), str(column).strip())
+        key = _canonical_column(column)
         if key in TABLE_COLUMNS[table] and key != column and key not in frame.columns:
             renamed[column] = key
     if renamed:
@@ -530,19 +533,6 @@ def ingest_store_status(conn: sqlite3.Connection, frame: pd.DataFrame, source: s
 
 def _write_polls(conn: sqlite3.Connection, keys: np.ndarray, micros: np.ndarray, active: np.ndarray) -> None:
     """Upsert polls sorted by (store_key, timestamp_us), unique on that pair."""
-    indexes = []
-    if len(keys) >= BULK_ROWS:
-        # The schema has no secondary index on store_status today; should one be added, a big load
-        # relative to the table rebuilds it after the insert (one sort), several times faster than
-        # updating it at ~1.85M random positions (measured: 11 s -> 4 s + 2-3 s rebuild).
-        indexes = conn.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'store_status' "
-            "AND sql IS NOT NULL").fetchall()
-        if indexes and 3 * len(keys) > conn.execute("SELECT count(*) FROM store_status").fetchone()[0]:
-            for name, _ in indexes:
-                conn.execute(f'DROP INDEX "{name}"')
-        else:
-            indexes = []
     packed = (micros * 2 + active).tolist()
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     ends = np.r_[starts[1:], len(keys)].tolist()
@@ -550,8 +540,6 @@ def _write_polls(conn: sqlite3.Connection, keys: np.ndarray, micros: np.ndarray,
     dumps = json.dumps
     conn.executemany(STATUS_UPSERT, ((key, dumps(packed[s:e])) for key, s, e in
                                      zip(store_keys, starts.tolist(), ends)))
-    for _, sql in indexes:
-        conn.execute(sql)
 
 
 def ingest_business_hours(conn: sqlite3.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
@@ -678,17 +666,12 @@ def default_files(data_dir: str | Path) -> dict[str, Path | None]:
             "timezones": first("timezones.csv", "store_timezones.csv")}
 
 
-def ensure_loaded(conn: sqlite3.Connection, data_dir: str | Path, log=None) -> str:
+def ensure_loaded(conn: sqlite3.Connection, data_dir: str | Path) -> str:
     """First start: if the database has no polls, load `data_dir`'s CSVs, else a generated demo set.
 
-    `log` is a logging.Logger or a callable taking a message (e.g. `logger.info`). Returns a one-line
-    description of what happened. A LoadError from data_dir's files propagates (nothing is written).
+    Returns a one-line description of what happened, for the caller's log. A LoadError from data_dir's
+    files propagates (nothing is written).
     """
-    def say(message: str) -> None:
-        if log is None:
-            return
-        (log.info if isinstance(log, logging.Logger) else log)(message)
-
     if conn.execute("SELECT 1 FROM store_status LIMIT 1").fetchone() is not None:
         return "database already has polls; nothing loaded"
     data_dir = Path(data_dir)
@@ -705,9 +688,7 @@ def ensure_loaded(conn: sqlite3.Connection, data_dir: str | Path, log=None) -> s
                            timezones=files["timezones"])
     parts = [f"{s.table} {s.loaded:,} rows" + (f" ({s.rejected_total:,} rejected)" if s.rejected else "")
              for s in summaries]
-    message = f"empty database: loaded {origin}: " + ", ".join(parts)
-    say(message)
-    return message
+    return f"empty database: loaded {origin}: " + ", ".join(parts)
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -775,12 +756,13 @@ def main(argv: list[str] | None = None) -> int:
 # --- report inputs ------------------------------------------------------------------------------------
 # Owned by the report path: reads just what one report needs, in one snapshot.
 
-WEEK_US = 7 * 24 * 3600 * 1_000_000
-# Packing of a week's poll into one int64: key << 41 | microseconds into the week << 1 | active.
-# A week is 6.05e11 us < 2**40, which leaves 22 bits: up to 4,194,303 store keys.
+# Packing of a recent poll into one int64: key << 41 | microseconds after the look-back start << 1 | active.
+# 40 bits of microseconds hold 12.7 days (a report looks back one week), which leaves 22 bits: up to
+# 4,194,303 store keys.
 PACK_KEY_SHIFT = 41
 PACK_TIME_MASK = (1 << PACK_KEY_SHIFT) - 1
 MAX_PACKED_STORE_KEY = (1 << (63 - PACK_KEY_SHIFT)) - 1
+MAX_LOOKBACK_US = 1 << (PACK_KEY_SHIFT - 1)
 POLL_COLUMNS = ["store_id", "timestamp_utc", "status"]
 
 
@@ -792,13 +774,14 @@ class ReportInputs:
     now: pd.Timestamp | None      # as_of, or the latest poll; None when there are no polls
 
 
-def read_report_inputs(database_path: str | Path, as_of: pd.Timestamp | None = None,
+def read_report_inputs(database_path: str | Path, *, lookback_us: int, as_of_us: int | None = None,
                        store_ids: list[str] | None = None) -> ReportInputs:
-    """The polls, hours and timezones a report at `as_of` (default: the latest poll) depends on.
+    """The polls, hours and timezones a report at `as_of_us` (default: the latest poll) depends on.
 
-    Polls: those in [now - 1 week, now], plus each store's latest poll before the week. Only that one can
-    matter for the week: nearest-poll interpolation looks at the closest poll on either side, so an
-    older poll is always hidden behind it. The report is therefore exact without reading all history.
+    Polls: those in [now - lookback, now], plus each store's latest poll before that. Only that one can
+    matter for the look-back window: nearest-poll interpolation looks at the closest poll on either
+    side, so an older poll is always hidden behind it. The report is therefore exact without reading
+    all history.
 
     One read transaction gives a consistent snapshot: a concurrent ingestion is seen entirely or not at
     all. The week's polls arrive as one text of packed integers (see below) that NumPy parses in C:
@@ -815,18 +798,20 @@ def read_report_inputs(database_path: str | Path, as_of: pd.Timestamp | None = N
     conn = sqlite3.connect(database_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         conn.execute("BEGIN")  # deferred: the snapshot starts at the first read and holds until ROLLBACK
-        if as_of is None:
+        if as_of_us is None:
             # The latest poll: one primary-key seek per store.
             latest = conn.execute("""SELECT MAX((SELECT MAX(p.timestamp_us) FROM store_status p
                                                  WHERE p.store_key = s.store_key)) FROM stores s""").fetchone()[0]
             now_us = None if latest is None else int(latest)
         else:
-            now_us = int(pd.Timestamp(as_of).tz_convert("UTC").as_unit("us").asm8.astype("int64"))
+            now_us = as_of_us
         hours, zones = _read_hours(conn), _read_timezones(conn)
         if now_us is None:
             empty_polls = pd.DataFrame({c: pd.Series(dtype=object) for c in POLL_COLUMNS})
             return ReportInputs(empty_polls, hours, zones, None)
-        week_start = now_us - WEEK_US
+        if not 0 < lookback_us <= MAX_LOOKBACK_US:
+            raise ValueError(f"lookback_us must be positive and at most {MAX_LOOKBACK_US}")
+        week_start = now_us - lookback_us
         if (conn.execute("SELECT MAX(store_key) FROM stores").fetchone()[0] or 0) > MAX_PACKED_STORE_KEY:
             raise ValueError(f"more than {MAX_PACKED_STORE_KEY} store keys: the packed poll read needs widening")
         stores = conn.execute(f"{chosen} SELECT store_key, store_id FROM chosen ORDER BY store_key", ids).fetchall()

@@ -493,8 +493,8 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
 
     report = progress or (lambda fraction: None)
     started = time.perf_counter()
-    as_of_ts = None if as_of is None else pd.Timestamp(_to_utc_us(as_of), unit="us", tz="UTC")
-    inputs = database.read_report_inputs(database_path, as_of=as_of_ts,
+    inputs = database.read_report_inputs(database_path, lookback_us=WEEK_US,
+                                         as_of_us=None if as_of is None else _to_utc_us(as_of),
                                          store_ids=None if store_ids is None else list(store_ids))
     if inputs.now is None:
         raise ReportError("no polls have been loaded yet: load store_status data first")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import sqlite3
 import sys
 import types
@@ -538,22 +537,18 @@ def test_cli_init(tmp_path, capsys):
 
 # --- first start ---------------------------------------------------------------------------------------
 
-def test_ensure_loaded_from_data_dir(db, tmp_path, fixtures_dir, caplog):
+def test_ensure_loaded_from_data_dir(db, tmp_path, fixtures_dir):
     data = tmp_path / "data"
     data.mkdir()
     for source, target in (("store_status_2024.csv", "store_status.csv"),
                            ("menu_hours_2024_dayOfWeek.csv", "business_hours.csv"),
                            ("timezones_2024.csv", "timezones.csv")):
         (data / target).write_bytes((fixtures_dir / source).read_bytes())
-    logger = logging.getLogger("test.ensure_loaded")
-    with caplog.at_level(logging.INFO, logger="test.ensure_loaded"):
-        message = database.ensure_loaded(db, data, logger)
+    message = database.ensure_loaded(db, data)
     assert "CSV files from" in message and "store_status 30 rows" in message
-    assert message in caplog.text
     assert [rows(db, t) for t in ("store_status", "business_hours", "timezones")] == [30, 30, 30]
     # second start: the database has polls, nothing is loaded again
-    messages = []
-    assert "nothing loaded" in database.ensure_loaded(db, data, messages.append)
+    assert "nothing loaded" in database.ensure_loaded(db, data)
     assert rows(db, "store_status") == 30
 
 
@@ -571,26 +566,14 @@ def test_ensure_loaded_generates_a_demo_set_without_data(db, tmp_path, fixtures_
         return paths
 
     monkeypatch.setitem(sys.modules, "sample_data", types.SimpleNamespace(generate_dataset=generate_dataset))
-    messages = []
-    message = database.ensure_loaded(db, tmp_path / "data", messages.append)
+    message = database.ensure_loaded(db, tmp_path / "data")
     assert calls == [(tmp_path / "data" / "generated", database.DEMO_STORES, 0)]
-    assert "generated demo set" in message and messages == [message]
+    assert "generated demo set" in message
     assert rows(db, "store_status") == 30
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("sample_data") is None, reason="no sample_data yet")
 def test_ensure_loaded_with_the_real_generator(db, tmp_path, monkeypatch):
     monkeypatch.setattr(database, "DEMO_STORES", 15)
-    message = database.ensure_loaded(db, tmp_path / "data", None)
+    message = database.ensure_loaded(db, tmp_path / "data")
     assert "generated demo set (15 stores" in message
     assert rows(db, "store_status") > 0 and rows(db, "business_hours") > 0
-
-
-def test_secondary_index_is_rebuilt_after_a_big_load(db, fixtures_dir, monkeypatch):
-    db.execute("CREATE INDEX extra_by_time ON store_status (timestamp_us, active)")
-    monkeypatch.setattr(database, "BULK_ROWS", 10)
-    database.load_files(db, status=fixtures_dir / "store_status_2023.csv")
-    assert db.execute("SELECT sql FROM sqlite_master WHERE name = 'extra_by_time'").fetchone() is not None
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert db.execute("SELECT count(*) FROM store_status INDEXED BY extra_by_time "
-                      "WHERE timestamp_us > 0").fetchone()[0] == 30
