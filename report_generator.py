@@ -189,21 +189,21 @@ def _business_intervals(codes: np.ndarray, day: np.ndarray, start_us: np.ndarray
     row_zone = zone_of_code[codes]
     for zone_code in np.unique(row_zone):
         in_zone = np.flatnonzero(row_zone == zone_code)
-        zone = zones[zone_code]
-        tz = pytz.timezone(zone)
+        tz = pytz.timezone(zones[zone_code])
         first = pd.Timestamp(from_us, unit="us", tz="UTC").tz_convert(tz).date()
         last = pd.Timestamp(to_us, unit="us", tz="UTC").tz_convert(tz).date()
-        local_begin, local_end, row_of = [], [], []
-        for date in pd.date_range(first, last, freq="D"):
-            rows = in_zone[day[in_zone] == date.weekday()]
-            midnight = int(date.as_unit("us").asm8.astype("int64"))
-            local_begin.append(midnight + start_us[rows])
-            local_end.append(midnight + end_us[rows])
-            row_of.append(rows)
-        rows = np.concatenate(row_of)
-        out_codes.append(codes[rows])
-        out_begin.append(_localize_earliest(np.concatenate(local_begin), tz))
-        out_end.append(_localize_earliest(np.concatenate(local_end), tz))
+        dates = pd.date_range(first, last, freq="D")
+        # Schedules repeat a few hundred distinct times of day: convert each (date, time) pair once.
+        times, time_index = np.unique(np.concatenate([start_us[in_zone], end_us[in_zone]]), return_inverse=True)
+        start_index, end_index = time_index[:len(in_zone)], time_index[len(in_zone):]
+        midnights = dates.as_unit("us").asi8
+        utc = _localize_earliest((midnights[:, None] + times[None, :]).ravel(), tz).reshape(len(dates), len(times))
+        rows_of_weekday = [np.flatnonzero(day[in_zone] == weekday) for weekday in range(7)]
+        for date_index, weekday in enumerate(dates.day_of_week):
+            rows = rows_of_weekday[weekday]
+            out_codes.append(codes[in_zone[rows]])
+            out_begin.append(utc[date_index, start_index[rows]])
+            out_end.append(utc[date_index, end_index[rows]])
     if not out_codes:
         empty = np.empty(0, np.int64)
         return empty, empty, empty
@@ -216,11 +216,12 @@ def _merge_intervals(codes: np.ndarray, begin: np.ndarray, end: np.ndarray):
     codes, begin, end = codes[keep], begin[keep], end[keep]
     if len(codes) == 0:
         return codes, begin, end
-    order = np.lexsort((begin, codes))
-    codes, begin, end = codes[order], begin[order], end[order]
-    # Running maximum of `end` within each store: shift every store into its own band of the number line.
+    # Every store gets its own band of the number line: one int64 key sorts by (store, begin), and a
+    # running maximum of `end` never crosses from one store into the next.
     base = begin.min()
     band = int(end.max() - base) + 1
+    order = np.argsort(codes * band + (begin - base))
+    codes, begin, end = codes[order], begin[order], end[order]
     reach = np.maximum.accumulate(codes * band + (end - base))
     starts_new = np.ones(len(codes), bool)
     starts_new[1:] = (codes[1:] != codes[:-1]) | (codes[1:] * band + (begin[1:] - base) > reach[:-1])
@@ -319,8 +320,7 @@ def _read_polls(polls: pd.DataFrame, now, store_ids: Iterable[str] | None) -> _P
         now_us = int(t_us[readable].max())
     else:
         raise ReportError("there are no polls to report on")
-    keep = readable & (t_us <= now_us)
-    codes, t_us, active = codes[keep], t_us[keep], active[keep]
+    codes, t_us, active = _select(readable & (t_us <= now_us), codes, t_us, active)
 
     # The stores reported: those with a poll at or before now (optionally only those asked for).
     input_index = pd.Index(store_texts)
@@ -332,10 +332,15 @@ def _read_polls(polls: pd.DataFrame, now, store_ids: Iterable[str] | None) -> _P
     # stay sorted, and only the n output rows are put in store_id text order at the end.
     number_of_input = np.full(len(input_index), -1, np.int64)
     number_of_input[present] = np.arange(int(present.sum()))
-    store = number_of_input[codes]
-    reported = store >= 0
-    return _Polls(store[reported], t_us[reported], active[reported], pd.Index(store_texts[present]),
-                  input_index, number_of_input, now_us)
+    store, t_us, active = _select(number_of_input[codes] >= 0, number_of_input[codes], t_us, active)
+    return _Polls(store, t_us, active, pd.Index(store_texts[present]), input_index, number_of_input, now_us)
+
+
+def _select(mask: np.ndarray, *arrays: np.ndarray):
+    """The elements of each array where `mask` holds; no copy in the common case that it always holds."""
+    if mask.all():
+        return arrays
+    return tuple(array[mask] for array in arrays)
 
 
 @dataclass
@@ -397,7 +402,8 @@ def _schedule_rows(business_hours: pd.DataFrame, p: _Polls):
     midnight, with `end` past 24 h for rows that close on the next local day."""
     hours = business_hours if len(business_hours) else pd.DataFrame(
         {"store_id": [], "day_of_week": [], "start_time_local": [], "end_time_local": []}, dtype=object)
-    input_position = p.input_index.get_indexer(hours["store_id"].astype(str))
+    codes, store_texts = _factorize(hours["store_id"])
+    input_position = _lookup(p.input_index.get_indexer(store_texts), codes, -1)
     store = np.where(input_position >= 0, p.number_of_input[input_position], -1)
     day = pd.to_numeric(hours["day_of_week"], errors="coerce").to_numpy(dtype=float)
     start_us = _time_of_day_us(hours["start_time_local"])
@@ -454,7 +460,10 @@ def _nearest_poll_segments(p: _Polls, iv: _Intervals) -> _Segments:
         poll_key, store, t_us = poll_key[runs], store[runs], t_us[runs]
 
     # The interval of each poll: the last one of its store beginning at or before it, if it reaches it.
-    interval = np.searchsorted(iv.store * band + (iv.begin - iv.neg_inf), poll_key, side="right") - 1
+    # Both lists are sorted, so search the (fewer) interval begins among the polls, and count how many
+    # begins lie at or before each poll.
+    first_poll_at_or_after = np.searchsorted(poll_key, iv.store * band + (iv.begin - iv.neg_inf), side="left")
+    interval = np.cumsum(np.bincount(first_poll_at_or_after, minlength=len(poll_key) + 1))[:len(poll_key)] - 1
     evidence = (_lookup(iv.store, interval, -1) == store) & (t_us < _lookup(iv.limit, interval, 0))
     g, t, active = interval[evidence], t_us[evidence], active[evidence]
 

@@ -9,6 +9,7 @@ import types
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -577,3 +578,48 @@ def test_ensure_loaded_with_the_real_generator(db, tmp_path, monkeypatch):
     message = database.ensure_loaded(db, tmp_path / "data")
     assert "generated demo set (15 stores" in message
     assert rows(db, "store_status") > 0 and rows(db, "business_hours") > 0
+
+
+# --- the week blocks of polls the report reads --------------------------------------------------------
+
+def blocks_as_rows(db):
+    """Every poll held in poll_blocks, as (store_key, timestamp_us, active), sorted."""
+    rows = []
+    for key, block, blob in db.execute("SELECT store_key, block, polls FROM poll_blocks"):
+        for value in np.frombuffer(blob, dtype="<i8").tolist():
+            assert value >> 1 >= block * database.BLOCK_US and value >> 1 < (block + 1) * database.BLOCK_US
+            rows.append((key, value >> 1, value & 1))
+    return sorted(rows)
+
+
+def status_rows(db):
+    return sorted(tuple(row) for row in db.execute("SELECT store_key, timestamp_us, active FROM store_status"))
+
+
+def test_poll_blocks_hold_exactly_the_stored_polls_through_overlapping_loads(db, tmp_path):
+    first = tmp_path / "a.csv"
+    first.write_text("store_id,status,timestamp_utc\n"
+                     "s1,active,2023-01-01 10:00:00 UTC\ns1,active,2023-01-09 10:00:00 UTC\n"
+                     "s2,inactive,2023-01-02 10:00:00.25 UTC\ns1,active,1969-12-31 23:00:00 UTC\n")
+    second = tmp_path / "b.csv"  # overlaps: the same instant inactive (wins), a new store, a new week
+    second.write_text("store_id,status,timestamp_utc\n"
+                      "s1,inactive,2023-01-01 10:00:00 UTC\ns3,active,2023-01-01 11:00:00 UTC\n"
+                      "s2,active,2023-02-20 00:00:00 UTC\ns2,inactive,2023-01-02 10:00:00.25 UTC\n")
+    database.load_files(db, status=first)
+    assert blocks_as_rows(db) == status_rows(db) and len(status_rows(db)) == 4
+    database.load_files(db, status=second)
+    database.load_files(db, status=second)
+    assert blocks_as_rows(db) == status_rows(db) and len(status_rows(db)) == 6
+    assert (db.execute("SELECT active FROM store_status s JOIN stores USING (store_key) "
+                       "WHERE store_id = 's1' AND timestamp_us = 1672567200000000").fetchone()[0]) == 0
+
+
+def test_poll_blocks_are_derived_for_a_database_written_without_them(db_path, fixtures_dir):
+    conn = database.connect(db_path)
+    database.load_files(conn, status=fixtures_dir / "store_status_2023.csv")
+    expected = status_rows(conn)
+    conn.execute("DELETE FROM poll_blocks")
+    conn.close()
+    conn = database.connect(db_path)  # an older database: polls but no blocks
+    assert blocks_as_rows(conn) == expected
+    conn.close()

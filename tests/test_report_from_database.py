@@ -19,9 +19,8 @@ def loaded(tmp_path_factory):
     database.load_files(conn, status=files["store_status"], hours=files["business_hours"],
                         timezones=files["timezones"])
     # A 24/7 store polled once, a month before the rest: only the "last poll before the week" carries it.
-    conn.execute("INSERT INTO stores (store_id) VALUES ('zz-old')")
-    conn.execute("INSERT INTO store_status SELECT store_key, ?, 0 FROM stores WHERE store_id = 'zz-old'",
-                 (pd.Timestamp("2022-12-20", tz="UTC").value // 1000,))
+    database.ingest_store_status(conn, pd.DataFrame(
+        {"store_id": ["zz-old"], "status": ["inactive"], "timestamp_utc": ["2022-12-20 00:00:00 UTC"]}))
     conn.close()
     return path
 
