@@ -80,6 +80,7 @@ CREATE INDEX IF NOT EXISTS reports_by_status ON reports (status);
 
 BUSY_TIMEOUT_MS = 30_000
 BLOCK_US = 7 * 86_400_000_000  # polls are also kept in blocks of a week per store (see _rebuild_poll_blocks)
+REBUILD_CHUNK = 4096           # (store, block) rows rewritten per statement
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -541,12 +542,12 @@ def ingest_store_status(conn: sqlite3.Connection, frame: pd.DataFrame, source: s
 
 def _write_polls(conn: sqlite3.Connection, keys: np.ndarray, micros: np.ndarray, active: np.ndarray) -> None:
     """Upsert polls sorted by (store_key, timestamp_us), unique on that pair."""
-    packed = (micros * 2 + active).tolist()
+    packed = micros * 2 + active
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     ends = np.r_[starts[1:], len(keys)].tolist()
     store_keys = keys[starts].tolist()
     dumps = json.dumps
-    conn.executemany(STATUS_UPSERT, ((key, dumps(packed[s:e])) for key, s, e in
+    conn.executemany(STATUS_UPSERT, ((key, dumps(packed[s:e].tolist())) for key, s, e in
                                      zip(store_keys, starts.tolist(), ends)))
     blocks = micros // BLOCK_US
     new_block = np.r_[True, (keys[1:] != keys[:-1]) | (blocks[1:] != blocks[:-1])]
@@ -561,8 +562,11 @@ def _rebuild_poll_blocks(conn: sqlite3.Connection, store_keys: np.ndarray, block
     (0.42 s just to step through the week's 1.6M rows of store_status). It is rewritten in the
     transaction that writes the polls, so the two tables never disagree.
     """
-    if len(store_keys) == 0:
-        return
+    for chunk in range(0, len(store_keys), REBUILD_CHUNK):  # bounds the memory of a big load
+        _rebuild_poll_block_rows(conn, store_keys[chunk:chunk + REBUILD_CHUNK], blocks[chunk:chunk + REBUILD_CHUNK])
+
+
+def _rebuild_poll_block_rows(conn: sqlite3.Connection, store_keys: np.ndarray, blocks: np.ndarray) -> None:
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS touched_blocks (store_key INTEGER, block INTEGER)")
     conn.execute("DELETE FROM touched_blocks")
     conn.executemany("INSERT INTO touched_blocks VALUES (?, ?)", zip(store_keys.tolist(), blocks.tolist()))
