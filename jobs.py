@@ -198,16 +198,9 @@ class ReportJobs:
         if job is None or job["status"] not in ("Queued", "Running"):
             return
         database.mark_report_running(conn, report_id)
-        params = job["params"] or {}
-        file_name = report_file_name(report_id)
-        out_path = self.reports_dir / file_name
-        kwargs = dict(as_of=_as_timestamp(params.get("as_of")), store_ids=params.get("store_ids"),
-                      extended=params.get("columns") == "extended",
-                      default_timezone=self.settings.default_timezone)
-        generate = self._generate or report_generator.generate_report
+        # From here on every way out records an end: a job must never stay Running until a restart.
         try:
-            outcome = generate(self.database_path, out_path, progress=_ProgressWriter(conn, report_id, self.log),
-                               **kwargs)
+            self._generate_and_record(conn, report_id, job["params"] or {})
         except Exception as exc:
             if isinstance(exc, report_generator.ReportError):
                 message = str(exc) or "the report could not be generated from the current data"
@@ -216,7 +209,15 @@ class ReportJobs:
                 self.log.exception("report %s failed with an unexpected error", report_id)
                 message = internal_error_message(report_id)
             database.mark_report_failed(conn, report_id, message)
-            return
+
+    def _generate_and_record(self, conn, report_id: str, params: dict) -> None:
+        file_name = report_file_name(report_id)
+        generate = self._generate or report_generator.generate_report
+        outcome = generate(self.database_path, self.reports_dir / file_name,
+                           as_of=_as_timestamp(params.get("as_of")), store_ids=params.get("store_ids"),
+                           extended=params.get("columns") == "extended",
+                           default_timezone=self.settings.default_timezone,
+                           progress=_ProgressWriter(conn, report_id, self.log))
         database.mark_report_complete(
             conn, report_id,
             file=file_name,

@@ -142,7 +142,7 @@ def test_unexpected_error_is_logged_but_not_shown(settings, pools, caplog):
 
 
 def test_report_error_message_is_kept(settings, pools):
-    report_generator = pytest.importorskip("report_generator")
+    import report_generator
     error = report_generator.ReportError("there are no polls in the database; load store_status first")
     pool = pools(settings, generate=FakeEngine(error=error)).start()
     conn = database.connect(settings.database_path)
@@ -159,6 +159,17 @@ def test_worker_survives_a_failing_job(settings, pools):
     engine.error = None
     assert wait_for(conn, pool.submit({}))["status"] == "Complete"
     assert pool.alive() == settings.workers
+
+
+def test_a_failure_outside_the_engine_still_ends_the_job(settings, pools):
+    # A stored as_of that cannot be read, and an outcome that cannot be recorded: both end Failed,
+    # never Running until the next restart.
+    pool = pools(settings, generate=FakeEngine()).start()
+    conn = database.connect(settings.database_path)
+    assert wait_for(conn, pool.submit({"as_of": "not a time"}))["status"] == "Failed"
+    pool._generate = lambda *args, **kwargs: SimpleNamespace(rows="many")
+    job = wait_for(conn, pool.submit({}))
+    assert job["status"] == "Failed" and "internal error" in job["error"]
 
 
 def insert_job(conn, report_id, status, attempts):
