@@ -623,3 +623,130 @@ def test_poll_blocks_are_derived_for_a_database_written_without_them(db_path, fi
     conn = database.connect(db_path)  # an older database: polls but no blocks
     assert blocks_as_rows(conn) == expected
     conn.close()
+
+
+# --- a status file loaded in chunks -------------------------------------------------------------------
+
+def chunked_file(tmp_path: Path) -> Path:
+    """30 real polls with rejects, wrong-field rows and duplicates spread over several 7-row chunks."""
+    lines = (Path(__file__).resolve().parent / "fixtures" / "store_status_2023.csv").read_text().splitlines()[1:]
+    data = list(lines)
+    data.insert(3, "x,active")                                       # wrong number of fields, early
+    data.insert(9, "y,maybe,2023-01-22 12:00:00 UTC")                # unknown status, chunk 2
+    data.insert(16, "s,active,2023-01-22 12:00:00 UTC")              # cross-chunk duplicate: active first...
+    data.insert(25, "s,inactive,2023-01-22T12:00:00Z")               # ...inactive in a later chunk wins
+    data.insert(27, lines[0])                                        # an exact copy of the first poll
+    data.insert(30, "z,active,a,b")                                  # wrong number of fields, later
+    data.insert(33, "w,active,2023-02-30 00:00:00 UTC")              # impossible timestamp, late chunk
+    data.append("t,inactive,2023-01-23 00:00:00 UTC")
+    data.append("t,active,2023-01-23 00:00:00 UTC")                   # duplicate within the last chunk
+    return write(tmp_path / "chunked.csv", STATUS_HEADER + "\n".join(data) + "\n")
+
+
+def load_state(conn):
+    return (sorted(tuple(r) for r in conn.execute("SELECT s.store_id, p.timestamp_us, p.active FROM store_status p "
+                                                  "JOIN stores s USING (store_key)")),
+            blocks_as_rows(conn), status_rows(conn))
+
+
+def test_status_in_small_chunks_equals_one_chunk(tmp_path, monkeypatch):
+    path = chunked_file(tmp_path)
+    whole = database.connect(tmp_path / "whole.sqlite3")
+    expected = database.load_files(whole, status=path)[0].to_dict()
+    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 7)
+    chunks = []
+    original = database._StatusLoad.add
+    monkeypatch.setattr(database._StatusLoad, "add", lambda self, frame: (chunks.append(len(frame)),
+                                                                           original(self, frame)))
+    chunked = database.connect(tmp_path / "chunked.sqlite3")
+    summary = database.load_files(chunked, status=path)[0].to_dict()
+    assert len(chunks) >= 5 and max(chunks) == 7
+    for data in (expected, summary):
+        data.pop("seconds")
+    assert summary == expected
+    assert summary["read"] == 39 and summary["duplicates"] == 3 and summary["loaded"] == 32
+    assert summary["rejected"] == {"wrong number of fields": 2, "unknown status": 1, "impossible timestamp": 1}
+    assert summary["examples"] == {"wrong number of fields": "line 5: x,active",
+                                   "unknown status": "line 11: y,maybe,2023-01-22 12:00:00 UTC",
+                                   "impossible timestamp": "line 35: w,active,2023-02-30 00:00:00 UTC"}
+    assert load_state(chunked) == load_state(whole)
+    stored, blocks, rows_ = load_state(chunked)
+    assert blocks == rows_
+    assert ("s", us(2023, 1, 22, 12), 0) in stored and ("t", us(2023, 1, 23), 0) in stored
+    # Loading it again in chunks stores nothing new. Its 2 cross-chunk duplicates are then polls that were
+    # also stored before this load, which the chunked load cannot tell from an earlier chunk's without
+    # keeping every poll: they count as loaded (the one-chunk duplicate stays a duplicate).
+    again = database.load_files(chunked, status=path)[0].to_dict()
+    assert (again["loaded"], again["duplicates"], again["rejected"]) == (34, 1, expected["rejected"])
+    assert load_state(chunked) == load_state(whole)
+    whole.close()
+    chunked.close()
+
+
+def test_cross_chunk_duplicate_inactive_wins_either_order(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 2)
+    path = write(tmp_path / "s.csv", STATUS_HEADER + "a,inactive,2023-01-22 12:00:00 UTC\n"
+                 "b,active,2023-01-22 12:00:00 UTC\nb,inactive,2023-01-22 13:00:00 UTC\n"
+                 "a,active,2023-01-22 12:00:00 UTC\nb,inactive,2023-01-22 12:00:00 UTC\n"
+                 "b,active,2023-01-22 13:00:00 UTC\n")
+    summary = database.load_files(db, status=path)[0]
+    assert (summary.read, summary.loaded, summary.duplicates) == (6, 3, 3)
+    assert polls(db) == {("a", us(2023, 1, 22, 12)): 0, ("b", us(2023, 1, 22, 12)): 0,
+                         ("b", us(2023, 1, 22, 13)): 0}
+    assert blocks_as_rows(db) == status_rows(db)
+
+
+@pytest.mark.parametrize("bad", [b"q,active,\xff\xfe2023-01-22 12:00:00 UTC\n", None])
+def test_error_in_a_later_chunk_leaves_the_database_untouched(db, tmp_path, fixtures_dir, monkeypatch, bad):
+    database.load_files(db, status=fixtures_dir / "store_status_2024.csv",
+                        timezones=fixtures_dir / "timezones_2024.csv")
+    before = [db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+              for t in ("store_status", "stores", "poll_blocks", "business_hours", "timezones")]
+    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 7)
+    monkeypatch.setattr(database, "STATUS_BLOCK_BYTES", 256)    # the bad bytes are read after some chunks
+    body = (fixtures_dir / "store_status_2023.csv").read_bytes()
+    path = tmp_path / "s.csv"
+    if bad is not None:
+        path.write_bytes(body + bad)
+        expected = "unreadable CSV"
+    else:
+        path.write_bytes(body)
+        calls = []
+        original = database._StatusLoad.add
+
+        def failing(self, frame):            # e.g. the disk fills up while writing the third chunk
+            calls.append(1)
+            if len(calls) == 3:
+                raise LoadError("simulated failure in a later chunk")
+            original(self, frame)
+
+        monkeypatch.setattr(database._StatusLoad, "add", failing)
+        expected = "simulated failure"
+    with pytest.raises(LoadError, match=expected):
+        database.load_files(db, status=path, hours=fixtures_dir / "menu_hours_2023_day.csv",
+                            timezones=fixtures_dir / "timezones_2023.csv")
+    assert not db.in_transaction
+    assert [db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
+            for t in ("store_status", "stores", "poll_blocks", "business_hours", "timezones")] == before
+
+
+def test_missing_column_fails_before_streaming(db, tmp_path, fixtures_dir, monkeypatch):
+    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 7)
+    bad = write(tmp_path / "tz.csv", "store_id,zone\na,America/Denver\n")
+    with pytest.raises(LoadError, match="missing column timezone_str"):
+        database.load_files(db, status=fixtures_dir / "store_status_2023.csv", timezones=bad)
+    assert rows(db, "store_status") == rows(db, "stores") == 0
+
+
+def test_wrong_field_rows_after_the_last_poll(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 2)
+    path = write(tmp_path / "s.csv", STATUS_HEADER + "a,active,2023-01-22 12:00:00 UTC\n"
+                 "b,active,2023-01-22 12:00:00 UTC\nc,active\nd,bad,2023-01-22 12:00:00 UTC\ne\n")
+    summary = database.load_files(db, status=path)[0]
+    assert (summary.read, summary.loaded) == (5, 2)
+    assert summary.rejected == {"wrong number of fields": 2, "unknown status": 1}
+    assert summary.examples == {"wrong number of fields": "line 4: c,active",
+                                "unknown status": "line 5: d,bad,2023-01-22 12:00:00 UTC"}
+    only_bad = write(tmp_path / "t.csv", STATUS_HEADER + "x\ny,z\n")
+    summary = database.load_files(db, status=only_bad)[0]
+    assert (summary.read, summary.loaded, summary.rejected) == (2, 0, {"wrong number of fields": 2})
