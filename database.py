@@ -81,7 +81,6 @@ CREATE INDEX IF NOT EXISTS reports_by_status ON reports (status);
 BUSY_TIMEOUT_MS = 30_000
 BLOCK_US = 7 * 86_400_000_000  # polls are also kept in blocks of a week per store (see _rebuild_poll_blocks)
 REBUILD_CHUNK = 4096           # (store, block) rows rewritten per statement
-READ_MMAP_BYTES = 4 << 30      # address space the report's reads may map (pages are mapped as touched)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -1101,9 +1100,6 @@ def read_report_inputs(database_path: str | Path, *, lookback_us: int, as_of_us:
         "" if store_ids is None else " WHERE store_id IN (SELECT value FROM json_each(?))")
     ids = () if store_ids is None else (json.dumps(list(store_ids)),)
     conn = sqlite3.connect(database_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    # Each report opens a fresh connection with a cold page cache; memory-mapped reads skip a system call
-    # per page (10-15% of the read measured at real size, more on a larger file).
-    conn.execute(f"PRAGMA mmap_size = {READ_MMAP_BYTES}")
     try:
         conn.execute("BEGIN")  # deferred: the snapshot starts at the first read and holds until ROLLBACK
         if as_of_us is None:
