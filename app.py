@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import re
+import sqlite3
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -227,7 +228,8 @@ def parse_trigger_body() -> dict:
         for index, item in enumerate(store_ids):
             if not isinstance(item, str) or not item.strip():
                 raise ApiError(400, f"store_ids[{index}] must be a non-empty string, got {json.dumps(item)}")
-        params["store_ids"] = list(dict.fromkeys(store_ids))
+        # Stored ids are trimmed (the loader trims them), so the report must look them up trimmed too.
+        params["store_ids"] = list(dict.fromkeys(item.strip() for item in store_ids))
     if body.get("columns") is not None:
         columns = body["columns"]
         if columns not in COLUMN_SETS:
@@ -542,7 +544,14 @@ def main() -> int:
     except ValueError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, load_data=True)
+    try:
+        app = create_app(settings, load_data=True)
+    except sqlite3.Error as exc:
+        print(f"cannot use the database {settings.database_path} (SM_DATABASE): {exc}", file=sys.stderr)
+        return 2
+    except database.LoadError as exc:
+        print(f"cannot load the data in {settings.data_dir} (SM_DATA_DIR): {exc}", file=sys.stderr)
+        return 2
     log.info("serving on http://%s:%d (database %s, %d workers, queue limit %d)", settings.host,
              settings.port, settings.database_path, settings.workers, settings.queue_limit)
     try:

@@ -1,13 +1,12 @@
-"""Storage: the SQLite schema, connections, report-job records and data loading.
+"""Storage: the SQLite schema, connections, report-job records, data loading and the report's reads.
 
 Layout chosen for the report's hot path (reading a week of polls):
-- `stores` maps each opaque `store_id` text to a small integer `store_key`; polls store the key, so a
-  report reads three integer columns per poll instead of a 19-36 character string.
+- `stores` maps each opaque `store_id` text to a small integer `store_key`; polls store the key.
 - `store_status` is a WITHOUT ROWID table clustered on (store_key, timestamp_us): one poll per store and
-  instant by construction, and "the last poll of store S before t" is one index seek.
-- "Polls between t0 and t1" is one primary-key range seek per store (a join from `stores`), which also
-  returns them in (store, time) order. There is deliberately no secondary index on time: measured on
-  1.86M polls it doubled the ingest time (12 s -> 22 s) and did not make the report's read faster.
+  instant by construction, and "the last poll of store S before t" is one index seek. There is
+  deliberately no secondary index on time: measured on 1.86M polls it doubled the ingest time.
+- `poll_blocks` holds the same polls again, one row per store and week with the polls packed as int64s,
+  rewritten in the transaction that writes them: a report reads ~28k rows instead of 1.6M.
 """
 from __future__ import annotations
 
@@ -117,7 +116,8 @@ def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sq
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 
@@ -731,9 +731,7 @@ class _StatusLoad:
         # means a duplicate of an earlier chunk.
         certain = ((micros >= self.seen_lo[keys]) & (micros <= self.seen_hi[keys])
                    & ~((micros >= self.before_lo[keys]) & (micros <= self.before_hi[keys])))
-        tally = {"inserted": 0, "certain_stored": 0}
-        _write_polls(self.conn, keys, micros, active, certain, tally)
-        self.loaded += len(keys) - tally["certain_stored"]
+        self.loaded += len(keys) - _write_polls(self.conn, keys, micros, active, certain)
         self.chunks += 1
 
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
@@ -755,15 +753,13 @@ class _StatusLoad:
 
 
 def _write_polls(conn: sqlite3.Connection, keys: np.ndarray, micros: np.ndarray, active: np.ndarray,
-                 certain: np.ndarray | None = None, tally: dict | None = None) -> None:
+                 certain: np.ndarray) -> int:
     """Insert polls sorted by (store_key, timestamp_us), unique on that pair; a poll already stored keeps
     one row, made inactive if the new one is. Does not touch `poll_blocks` (see `_StatusLoad.finish`).
 
-    `tally` (if given) gets `inserted` (rows new to the table) and `certain_stored` (rows of the `certain`
-    mask that were already stored); the rows of `certain` are inserted by their own statements to tell.
+    Returns how many rows of the `certain` mask were already stored (they are inserted by their own
+    statements to tell).
     """
-    if certain is None:
-        certain = np.zeros(len(keys), dtype=bool)
     inserted = certain_stored = 0
     for part in (~certain, certain):
         if not part.any():
@@ -776,9 +772,7 @@ def _write_polls(conn: sqlite3.Connection, keys: np.ndarray, micros: np.ndarray,
         inactive = active == 0
         if inactive.any():
             _insert_polls(conn, STATUS_MAKE_INACTIVE, keys[inactive], micros[inactive], active[inactive])
-    if tally is not None:
-        tally["inserted"] += inserted
-        tally["certain_stored"] += certain_stored
+    return certain_stored
 
 
 def _insert_polls(conn: sqlite3.Connection, statement: str, keys: np.ndarray, micros: np.ndarray,
@@ -1027,7 +1021,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     db_path = args.db or settings.database_path
     if args.command == "init":
-        connect(db_path).close()
+        try:
+            connect(db_path).close()
+        except sqlite3.Error as exc:
+            print(f"error: {db_path}: {exc}", file=sys.stderr)
+            return 2
         print(f"schema ready in {db_path}")
         return 0
 
@@ -1044,7 +1042,11 @@ def main(argv: list[str] | None = None) -> int:
             if paths[table] is None:
                 print(f"{table}: no {label} in {data_dir}; skipped")
     started = time.perf_counter()
-    conn = connect(db_path)
+    try:
+        conn = connect(db_path)
+    except sqlite3.Error as exc:
+        print(f"error: {db_path}: cannot open the database: {exc}; nothing was loaded", file=sys.stderr)
+        return 2
     try:
         summaries = load_files(conn, status=paths["store_status"], hours=paths["business_hours"],
                                timezones=paths["timezones"])
@@ -1090,9 +1092,8 @@ def read_report_inputs(database_path: str | Path, *, lookback_us: int, as_of_us:
     all. The recent polls come from `poll_blocks`, one row of packed int64s per store and week, which NumPy
     takes over without a Python object per poll. Measured for a week of 1.6M polls: 0.08 s, against
     0.42 s for SQLite to step through the 1.6M rows of `store_status` even just to join them into one
-    text, and 2.3 s for fetchall(). (The ADBC SQLite driver reads rows fast too, but it links a second
-    copy of SQLite into the process, and two copies breaking each other's POSIX locks on one file is a
-    documented way to corrupt a database; it did produce "disk I/O error" here.)
+    text, and 2.3 s for fetchall(). (Drivers that bring their own SQLite, such as ADBC's, are not an
+    option: two SQLite copies in one process break each other's POSIX locks on the same file.)
     """
     # `chosen` is the stores the report is about (all, or those asked for). Placeholders bind in the
     # order they appear in the text: the ids of `chosen` always come first.

@@ -13,12 +13,9 @@ Errors: a `report_generator.ReportError` is a data problem with a message writte
 stored as the job's error. Anything else is a bug or an environment problem: the traceback goes to the
 server log and the job gets a generic message naming the report id (never a stack trace).
 
-Threads: reports run in the worker threads themselves (the design card's "background thread workers").
-The engine spends its time in SQLite and NumPy, which release the GIL, so requests stay responsive
-while a report runs. (An earlier version used child processes to keep a second SQLite library out of
-the server process; the report reader now uses the standard sqlite3 module, so that reason is gone.)
-
-Each worker has its own SQLite connection. `close()` stops the workers (an event plus one
+Threads: reports run in the worker threads themselves. The engine spends most of its time in SQLite
+and NumPy, which release the GIL, so requests stay responsive while a report runs. Each worker has its
+own SQLite connection. `close()` stops the workers (an event plus one
 sentinel per worker) and joins them; a job a worker had not started stays Queued for the next start.
 """
 from __future__ import annotations
@@ -119,12 +116,6 @@ class ReportJobs:
                 self.log.warning("worker %s did not stop within %s s", thread.name, timeout)
         self._threads = [t for t in self._threads if t.is_alive()]
         self._started = False
-
-    def __enter__(self) -> "ReportJobs":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def recover(self) -> dict[str, list[str]]:
         """Re-enqueue jobs left Queued/Running; fail those already interrupted `MAX_ATTEMPTS - 1` times."""

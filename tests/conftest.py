@@ -28,3 +28,20 @@ def db(db_path):
     conn = database.connect(db_path)
     yield conn
     conn.close()
+
+
+@pytest.fixture(autouse=True)
+def close_database_connections(monkeypatch):
+    """Close every connection a test opened with database.connect (after its other fixtures end)."""
+    opened = []
+    connect = database.connect
+
+    def tracked(*args, **kwargs):
+        conn = connect(*args, **kwargs)
+        opened.append(conn)
+        return conn
+
+    monkeypatch.setattr(database, "connect", tracked)
+    yield
+    for conn in opened:
+        conn.close()

@@ -5,7 +5,6 @@ that the OpenAPI document lists that status for that operation, and that no work
 """
 from __future__ import annotations
 
-import csv
 import io
 from contextlib import closing
 import json
@@ -18,7 +17,6 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-import app as app_module
 import database
 from app import create_app, openapi_document, shutdown
 from config import Settings
@@ -162,6 +160,8 @@ def test_trigger_poll_download_with_fake_engine(make_app, settings):
     as_csv = client.get("/get_report", query_string={"report_id": report_id}, headers={"Accept": "text/csv"})
     assert as_csv.status_code == 200 and as_csv.mimetype == "text/csv"
     assert as_csv.data == download.data
+    as_csv.close()
+    download.close()
     # ... while a browser-ish Accept still gets JSON
     as_json = client.get("/get_report", query_string={"report_id": report_id},
                          headers={"Accept": "text/html,application/json;q=0.9,*/*;q=0.8"})
@@ -273,7 +273,8 @@ def run_concurrent_triggers(app, count, body=None):
         body = poll(client, report_id, timeout=60)
         assert body["status"] == "Complete", body
         files.add(body["download_url"])
-        assert client.get(body["download_url"]).status_code == 200
+        with client.get(body["download_url"]) as response:
+            assert response.status_code == 200
     assert len(files) == count
     return ids
 
@@ -388,8 +389,9 @@ def test_download_route_only_serves_completed_jobs(make_app, settings):
         response = client.get(url)
         assert_json_error(response, 404)
         assert b"secret" not in response.data
-    assert client.get(f"/reports/{report_id}.csv").status_code == 200
-    assert client.get(f"/reports/{report_id.upper()}.csv").status_code == 200
+    for url in (f"/reports/{report_id}.csv", f"/reports/{report_id.upper()}.csv"):
+        with client.get(url) as response:
+            assert response.status_code == 200
 
 
 def test_http_errors_are_json(make_app, settings):
@@ -563,9 +565,9 @@ def engine_csv(settings, *, as_of=None, store_ids=None, extended=False) -> pd.Da
 
 
 def downloaded(client, body) -> pd.DataFrame:
-    response = client.get(body["download_url"])
-    assert response.status_code == 200 and response.mimetype == "text/csv"
-    return pd.read_csv(io.BytesIO(response.data), dtype={"store_id": str})
+    with client.get(body["download_url"]) as response:
+        assert response.status_code == 200 and response.mimetype == "text/csv"
+        return pd.read_csv(io.BytesIO(response.data), dtype={"store_id": str})
 
 
 def test_full_flow_matches_engine(make_app, settings, loaded):
@@ -602,9 +604,9 @@ def test_full_flow_with_as_of_store_ids_and_extended(make_app, settings, loaded)
     pd.testing.assert_frame_equal(got, expected)
     assert set(got["store_id"]) <= set(some) and len(got.columns) > 7
     # the same report again in CSV form through Accept
-    as_csv = client.get("/get_report", query_string={"report_id": result["download_url"][9:-4]},
-                        headers={"Accept": "text/csv"})
-    assert as_csv.data == client.get(result["download_url"]).data
+    with client.get("/get_report", query_string={"report_id": result["download_url"][9:-4]},
+                    headers={"Accept": "text/csv"}) as as_csv, client.get(result["download_url"]) as download:
+        assert as_csv.data == download.data
 
 
 def test_ten_concurrent_triggers_real_engine(make_app, loaded):

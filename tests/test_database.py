@@ -417,22 +417,22 @@ def test_failure_while_writing_rolls_back_every_table(db, fixtures_dir, monkeypa
     assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1    # load settings restored
 
 
-def test_a_concurrent_reader_sees_none_or_all(db_path, fixtures_dir):
+def test_a_concurrent_reader_sees_none_or_all(db_path, fixtures_dir, monkeypatch):
     writer = database.connect(db_path)
     reader = database.connect(db_path)
     seen = []
     original = database._write_polls
 
     def spy(conn, *args):
-        original(conn, *args)
+        result = original(conn, *args)
         seen.append(rows(reader, "store_status"))    # mid-transaction, from another connection
+        return result
 
-    database._write_polls = spy
-    try:
-        database.load_files(writer, status=fixtures_dir / "store_status_2023.csv")
-    finally:
-        database._write_polls = original
+    monkeypatch.setattr(database, "_write_polls", spy)
+    database.load_files(writer, status=fixtures_dir / "store_status_2023.csv")
     assert seen == [0] and rows(reader, "store_status") == 30
+    writer.close()
+    reader.close()
 
 
 def test_ingest_inside_callers_transaction_does_not_commit(db):

@@ -99,7 +99,7 @@ def test_progress_is_recorded_while_running(settings, pools):
     pool = pools(settings, generate=FakeEngine(block=release)).start()
     conn = database.connect(settings.database_path)
     report_id = pool.submit({})
-    job = wait_for(conn, report_id, statuses=("Running",))
+    wait_for(conn, report_id, statuses=("Running",))
     deadline = time.monotonic() + 5
     while database.get_report_job(conn, report_id)["progress"] != 0.5 and time.monotonic() < deadline:
         time.sleep(0.01)

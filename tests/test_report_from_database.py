@@ -1,5 +1,6 @@
 """The database path (read only what a report needs, write the CSV) equals the engine over all history."""
 import sqlite3
+from contextlib import closing
 
 import pandas as pd
 import pytest
@@ -27,7 +28,7 @@ def loaded(tmp_path_factory):
 
 def full_history(path):
     """Every stored row, straight from the tables, in the engine's input shape."""
-    with sqlite3.connect(path) as conn:
+    with closing(sqlite3.connect(path)) as conn:
         polls = pd.read_sql("""SELECT s.store_id, p.timestamp_us, p.active FROM store_status p
                                JOIN stores s USING (store_key)""", conn)
         hours = pd.read_sql("SELECT * FROM business_hours", conn)
