@@ -2,7 +2,7 @@
 """End-to-end benchmark at real size: generate -> ingest -> report through the HTTP API.
 
     python bench/run.py                 # real size: 14,000 stores, 8 days of hourly polls (~1.85M polls)
-    python bench/run.py --scale 10      # the same stores with a 10x longer poll history (~19M polls)
+    python bench/run.py --scale 10      # the same stores with a 10x longer poll history (~21M polls)
     python bench/run.py --hours ../shared/data/loop-sample/menu_hours.csv \\
                         --timezones ../shared/data/loop-sample/timezones.csv
 
@@ -82,18 +82,6 @@ def worker_generate(args) -> int:
     return 0
 
 
-def _summary_dict(summary):
-    if isinstance(summary, (list, tuple)):
-        return [_summary_dict(s) for s in summary]
-    for attr in ("to_dict", "as_dict"):
-        if hasattr(summary, attr):
-            try:
-                return getattr(summary, attr)()
-            except Exception:
-                pass
-    return repr(summary)[:2000]
-
-
 def worker_ingest(args) -> int:
     """Load the three files into args.db with database.load_files, one table per call, timed."""
     t_import = time.perf_counter()
@@ -103,22 +91,13 @@ def worker_ingest(args) -> int:
     conn = database.connect(args.db)
     files = {"store_status": args.status, "business_hours": args.hours, "timezones": args.timezones}
     seconds, summaries = {}, {}
-    try:
-        for table in TABLES:
-            start = time.perf_counter()
-            summaries[table] = _summary_dict(database.load_files(conn, **{LOAD_KEYWORDS[table]: files[table]}))
-            seconds[table] = time.perf_counter() - start
-        per_table = True
-    except TypeError:
-        # load_files may insist on all three files: one timed call then.
+    for table in TABLES:
         start = time.perf_counter()
-        summaries = {"all": _summary_dict(database.load_files(
-            conn, status=args.status, hours=args.hours, timezones=args.timezones))}
-        seconds = {"all": time.perf_counter() - start}
-        per_table = False
+        summaries[table] = [s.to_dict() for s in database.load_files(conn, **{LOAD_KEYWORDS[table]: files[table]})]
+        seconds[table] = time.perf_counter() - start
     counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
     conn.close()
-    _emit({"seconds": seconds, "per_table": per_table, "import_s": import_s, "counts": counts,
+    _emit({"seconds": seconds, "import_s": import_s, "counts": counts,
            "summaries": summaries})
     return 0
 
@@ -464,12 +443,11 @@ def render(res: dict) -> str:
                  _f(res.get("generate_peak_rss_mb"), "{:.0f}"), ""))
     seconds = ingest.get("seconds") or {}
     counts = ingest.get("counts") or {}
-    if ingest.get("per_table"):
-        for table in TABLES:
-            s = seconds.get(table)
-            read = res["csv_rows"][table]
-            rows.append((f"ingest {table}", f"{read:,} -> {counts.get(table, 0):,}", _f(s),
-                         _f(read / s if s else None, "{:,.0f}"), "", ""))
+    for table in TABLES:
+        s = seconds.get(table)
+        read = res["csv_rows"][table]
+        rows.append((f"ingest {table}", f"{read:,} -> {counts.get(table, 0):,}", _f(s),
+                     _f(read / s if s else None, "{:,.0f}"), "", ""))
     total = sum(seconds.values()) if seconds else None
     all_rows = sum(res["csv_rows"].values())
     rows.append(("ingest total (load calls)", f"{all_rows:,}", _f(total),
