@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 
 import database
 from config import Settings
-from jobs import QueueFull, ReportJobs
+from jobs import QueueFull, ReportJobs, iso_utc
 
 log = logging.getLogger("store_monitoring.app")
 
@@ -187,8 +187,7 @@ def parse_as_of(value) -> str:
         raise ApiError(400, f"as_of is out of range: {value!r}") from None
     if not 1970 <= moment.year <= 2200:
         raise ApiError(400, f"as_of must lie between the years 1970 and 2200: {value!r}")
-    naive = moment.replace(tzinfo=None)
-    return naive.isoformat(timespec="microseconds" if naive.microsecond else "seconds") + "Z"
+    return iso_utc(moment)
 
 
 def parse_json(raw: bytes):
