@@ -65,7 +65,7 @@ def engine_rows(polls, hours, zones, now_us):
     return frame[EXTENDED_COLUMNS].to_dict("records")
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
 @given(seed=st.integers(0, 2**32 - 1), which_now=st.integers(0, len(NOWS) - 1))
 def test_engine_equals_reference_on_random_stores(seed, which_now):
     rng = np.random.default_rng(seed)
