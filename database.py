@@ -438,10 +438,15 @@ def _start_summary(frame: pd.DataFrame, table: str, source: str) -> TableSummary
     summary = TableSummary(table=table, source=source, read=len(frame), loaded=0)
     wrong = int(frame.attrs.get("wrong_field_count") or 0)
     if wrong:
-        summary.read += wrong
-        summary.rejected[WRONG_FIELD_COUNT] = wrong
-        summary.examples[WRONG_FIELD_COUNT] = frame.attrs["wrong_field_examples"][0]
+        _count_wrong_field_rows(summary, wrong, frame.attrs["wrong_field_examples"][0])
     return summary
+
+
+def _count_wrong_field_rows(summary: TableSummary, count: int, example: str) -> None:
+    """Rows the CSV reader skipped for their number of fields: read, and rejected with an example."""
+    summary.read += count
+    summary.rejected[WRONG_FIELD_COUNT] = count
+    summary.examples[WRONG_FIELD_COUNT] = example
 
 
 def _check_columns(frame: pd.DataFrame, table: str, source: str) -> pd.DataFrame:
@@ -627,9 +632,7 @@ def _ingest_status_csv(conn: sqlite3.Connection, name: str, data, names: list[st
         wrong, example = frame.attrs["wrong_field_count"], frame.attrs["wrong_field_examples"][0]
     load.finish()
     if wrong:
-        summary.read += wrong
-        summary.rejected[WRONG_FIELD_COUNT] = wrong
-        summary.examples[WRONG_FIELD_COUNT] = example
+        _count_wrong_field_rows(summary, wrong, example)
     # The reasons in the order of the checks, as a one-frame load lists them.
     order = {reason: i for i, reason in enumerate(STATUS_REASONS)}
     summary.rejected = dict(sorted(summary.rejected.items(), key=lambda item: order.get(item[0], len(order))))
