@@ -209,25 +209,24 @@ class Child:
         return None
 
 
-def peak_rss_mb(pid: int) -> float | None:
-    """VmHWM (resident high-water mark) of a live process, MiB."""
+def _proc_status_mb(pid: int, field: str) -> float | None:
+    """A memory field of /proc/<pid>/status (e.g. VmHWM, VmRSS) of a live process, MiB."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Resident high-water mark (VmHWM)."""
+    return _proc_status_mb(pid, "VmHWM")
 
 
 def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return _proc_status_mb(pid, "VmRSS")
 
 
 def store_ids_of(*paths: Path) -> list[str]:
