@@ -28,6 +28,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
+
 import database
 import report_generator
 
@@ -245,11 +247,10 @@ class _ProgressWriter:
         self.last_value, self.last_time = value, now
 
 
-def _as_timestamp(value):
+def _as_timestamp(value) -> pd.Timestamp | None:
+    """A UTC Timestamp (naive means UTC), or None."""
     if value is None:
         return None
-    import pandas as pd
-
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
@@ -258,9 +259,5 @@ def iso_utc(value) -> str | None:
     """ISO 8601 in UTC with a `Z` suffix (microseconds only when present)."""
     if value is None:
         return None
-    import pandas as pd
-
-    ts = pd.Timestamp(value)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    dt = ts.to_pydatetime()
+    dt = _as_timestamp(value).to_pydatetime()
     return dt.replace(tzinfo=None).isoformat(timespec="microseconds" if dt.microsecond else "seconds") + "Z"
