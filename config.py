@@ -16,6 +16,9 @@ PROJECT_DIR = Path(__file__).resolve().parent
 
 # Used for stores whose timezone is missing, empty or unknown to the tz database (semantics page).
 DEFAULT_TIMEZONE = "America/Chicago"
+# How far a poll speaks on either side of it (semantics page, "Reach"); None is unbounded.
+DEFAULT_REACH_MINUTES = 120
+MAX_REACH_MINUTES = 7 * 24 * 60
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,10 @@ class Settings:
     port: int = 5000
     workers: int = 2
     queue_limit: int = 16
+    poll_reach_minutes: int | None = DEFAULT_REACH_MINUTES  # a report's reach unless it asks; None = unbounded
+    web_workers: int = 2          # gunicorn worker processes (`make run`); each runs `workers` report threads
+    web_threads: int = 4          # request threads per web worker process
+    job_lease_seconds: int = 30   # a running job's claim; renewed every third of it, taken over once expired
 
     # Environment variable for each field; documented in the README's configuration table.
     ENV_KEYS = {
@@ -39,6 +46,10 @@ class Settings:
         "port": "SM_PORT",
         "workers": "SM_WORKERS",
         "queue_limit": "SM_QUEUE_LIMIT",
+        "poll_reach_minutes": "SM_POLL_REACH_MINUTES",
+        "web_workers": "SM_WEB_WORKERS",
+        "web_threads": "SM_WEB_THREADS",
+        "job_lease_seconds": "SM_JOB_LEASE_SECONDS",
     }
 
     @classmethod
@@ -58,7 +69,7 @@ class Settings:
             if raw is None or raw.strip() == "":
                 continue
             raw = raw.strip()
-            if field in ("port", "workers", "queue_limit"):
+            if field in ("port", "workers", "queue_limit", "web_workers", "web_threads", "job_lease_seconds"):
                 try:
                     number = int(raw)
                 except ValueError:
@@ -66,6 +77,8 @@ class Settings:
                 if number < 1 or (field == "port" and number > 65535):
                     raise ValueError(f"{key} is out of range: {number}")
                 values[field] = number
+            elif field == "poll_reach_minutes":
+                values[field] = parse_reach(raw, key)
             elif field.endswith(("_path", "_dir")):
                 values[field] = Path(raw).expanduser()
             else:
@@ -75,3 +88,16 @@ class Settings:
         if settings.default_timezone not in pytz.all_timezones_set:
             raise ValueError(f"SM_DEFAULT_TIMEZONE is not a tz database zone: {settings.default_timezone!r}")
         return settings
+
+
+def parse_reach(raw: str, key: str) -> int | None:
+    """SM_POLL_REACH_MINUTES: minutes from 1 to MAX_REACH_MINUTES, or `none` for unbounded."""
+    if raw.lower() == "none":
+        return None
+    try:
+        number = int(raw)
+    except ValueError:
+        raise ValueError(f"{key} must be a whole number of minutes or 'none', got {raw!r}") from None
+    if not 1 <= number <= MAX_REACH_MINUTES:
+        raise ValueError(f"{key} must be from 1 to {MAX_REACH_MINUTES} minutes (or 'none'), got {number}")
+    return number

@@ -1174,5 +1174,16 @@ def read_report_inputs(database_path: str | Path, *, lookback_us: int, as_of_us:
     return ReportInputs(polls, hours, zones, pd.Timestamp(now_us, unit="us", tz="UTC"))
 
 
+def first_poll_us(database_path: str | Path) -> int | None:
+    """The earliest poll of any store (UTC microseconds), None without polls: one seek per store."""
+    conn = sqlite3.connect(database_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        first = conn.execute("""SELECT MIN((SELECT MIN(p.timestamp_us) FROM store_status p
+                                            WHERE p.store_key = s.store_key)) FROM stores s""").fetchone()[0]
+    finally:
+        conn.close()
+    return None if first is None else int(first)
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

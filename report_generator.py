@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytz
 
-from config import DEFAULT_TIMEZONE
+from config import DEFAULT_REACH_MINUTES, DEFAULT_TIMEZONE, MAX_REACH_MINUTES
 
 US_PER_SECOND = 1_000_000
 US_PER_HOUR = 3600 * US_PER_SECOND
@@ -53,6 +54,10 @@ EXTENDED_COLUMNS = STANDARD_COLUMNS + ["unknown_last_hour", "unknown_last_day", 
 # every interval that touches the week to be complete.
 HORIZON_BEFORE_WEEK_US = 17 * US_PER_DAY
 
+
+EPOCH_DATE = date(1970, 1, 1)
+SPECIAL_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+NOT_A_DATE = np.iinfo(np.int64).min
 
 KNOWN_ZONES = frozenset(pytz.all_timezones)  # pytz's own set is lazy and slow to query
 
@@ -90,9 +95,15 @@ def _to_utc_us(moment) -> int:
 def _factorize(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Integer codes (-1 for missing) and the distinct values as text; cheap for categoricals."""
     if isinstance(values.dtype, pd.CategoricalDtype):  # keep the categories' order (see compute_report)
-        return values.cat.codes.to_numpy(np.int64), np.asarray(values.cat.categories, dtype=object).astype(str)
+        return values.cat.codes.to_numpy(np.int64), _texts(values.cat.categories)
     codes, uniques = pd.factorize(values)
-    return codes, np.asarray(uniques, dtype=object).astype(str)
+    return codes, _texts(uniques)
+
+
+def _texts(values) -> np.ndarray:
+    """Values as an object array of str. Not NumPy's fixed-width text: that sizes every element by the
+    longest one, so one very long store_id would make the arrays of all stores huge."""
+    return np.array([str(value) for value in values], dtype=object)
 
 
 def _lookup(per_unique: np.ndarray, codes: np.ndarray, missing) -> np.ndarray:
@@ -180,34 +191,72 @@ def _gap_transition_us(local_us: int, tz) -> int:
 
 
 def _business_intervals(codes: np.ndarray, day: np.ndarray, start_us: np.ndarray, end_us: np.ndarray,
-                        zone_of_code: np.ndarray, zones: np.ndarray, from_us: int, to_us: int):
-    """UTC intervals (code, begin, end) of each row on every local date in [from_us, to_us].
+                        special: "_SpecialRows", zone_of_code: np.ndarray, zones: np.ndarray, from_us: int,
+                        to_us: int, first_day: np.ndarray):
+    """UTC intervals (code, begin, end) of each weekly row on every local date in [from_us, to_us] that has
+    no special rows for its store, and of each open special row on its date.
 
-    Rows are already normalised: `end_us` may exceed one day (overnight or 24-hour rows).
+    Rows are already normalised: `end_us` may exceed one day (overnight or 24-hour rows). `first_day`
+    (days since the epoch, by store code) lets a store start earlier than `from_us`'s date (see
+    `_store_intervals`). Also returns, by store code, the UTC instant of the local midnight its
+    generated dates start at.
     """
     out_codes, out_begin, out_end = [], [], []
+    first_midnight = np.zeros(len(zone_of_code), np.int64)
     row_zone = zone_of_code[codes]
-    for zone_code in np.unique(row_zone):
+    special_zone = zone_of_code[special.store]
+    for zone_code in np.unique(np.concatenate([row_zone, special_zone])):
         in_zone = np.flatnonzero(row_zone == zone_code)
         tz = pytz.timezone(zones[zone_code])
         first = pd.Timestamp(from_us, unit="us", tz="UTC").tz_convert(tz).date()
         last = pd.Timestamp(to_us, unit="us", tz="UTC").tz_convert(tz).date()
-        dates = pd.date_range(first, last, freq="D")
-        # Schedules repeat a few hundred distinct times of day: convert each (date, time) pair once.
-        times, time_index = np.unique(np.concatenate([start_us[in_zone], end_us[in_zone]]), return_inverse=True)
-        start_index, end_index = time_index[:len(in_zone)], time_index[len(in_zone):]
+        usual_first = (first - EPOCH_DATE).days
+        zone_stores = np.unique(codes[in_zone])
+        earliest = int(first_day[zone_stores].min(initial=usual_first))
+        dates = pd.date_range(EPOCH_DATE + timedelta(days=min(earliest, usual_first)), last, freq="D")
         midnights = dates.as_unit("us").asi8
+        date_number = midnights // US_PER_DAY
+        # Special rows of this zone's stores on these dates, grouped by date.
+        sp = np.flatnonzero((special_zone == zone_code) & (special.date >= date_number[0])
+                            & (special.date <= date_number[-1]))
+        sp = sp[np.argsort(special.date[sp], kind="stable")]
+        sp_dates = special.date[sp]
+        # Schedules repeat a few hundred distinct times of day: convert each (date, time) pair once.
+        times, time_index = np.unique(np.concatenate([[0], start_us[in_zone], end_us[in_zone],
+                                                      special.start_us[sp], special.end_us[sp]]),
+                                      return_inverse=True)
+        n_rows = len(in_zone)
+        start_index, end_index = time_index[1:1 + n_rows], time_index[1 + n_rows:1 + 2 * n_rows]
+        sp_start_index, sp_end_index = np.split(time_index[1 + 2 * n_rows:], 2)
         utc = _localize_earliest((midnights[:, None] + times[None, :]).ravel(), tz).reshape(len(dates), len(times))
+        zone_first = np.maximum(first_day[zone_stores], date_number[0])
+        zone_first = np.where(zone_first < usual_first, zone_first, usual_first)
+        first_midnight[zone_stores] = utc[zone_first - date_number[0], 0]
+        row_first_day = np.minimum(first_day[codes[in_zone]], usual_first)
         rows_of_weekday = [np.flatnonzero(day[in_zone] == weekday) for weekday in range(7)]
         for date_index, weekday in enumerate(dates.day_of_week):
             rows = rows_of_weekday[weekday]
+            number = date_number[date_index]
+            if number < usual_first:  # only stores that start early (rare) have rows on these dates
+                rows = rows[row_first_day[rows] <= number]
+            lo, hi = np.searchsorted(sp_dates, [number, number + 1])
+            if hi > lo:
+                # The date's special rows replace the weekday's rows of their stores.
+                special_of_date = np.arange(lo, hi)
+                if number < usual_first:
+                    special_of_date = special_of_date[first_day[special.store[sp[special_of_date]]] <= number]
+                rows = rows[~np.isin(codes[in_zone[rows]], special.store[sp[special_of_date]])]
+                special_of_date = special_of_date[~special.closed[sp[special_of_date]]]
+                out_codes.append(special.store[sp[special_of_date]])
+                out_begin.append(utc[date_index, sp_start_index[special_of_date]])
+                out_end.append(utc[date_index, sp_end_index[special_of_date]])
             out_codes.append(codes[in_zone[rows]])
             out_begin.append(utc[date_index, start_index[rows]])
             out_end.append(utc[date_index, end_index[rows]])
     if not out_codes:
         empty = np.empty(0, np.int64)
-        return empty, empty, empty
-    return np.concatenate(out_codes), np.concatenate(out_begin), np.concatenate(out_end)
+        return empty, empty, empty, first_midnight
+    return np.concatenate(out_codes), np.concatenate(out_begin), np.concatenate(out_end), first_midnight
 
 
 def _merge_intervals(codes: np.ndarray, begin: np.ndarray, end: np.ndarray):
@@ -242,54 +291,64 @@ def _round_hundredths(ticks: np.ndarray, unit: int) -> np.ndarray:
 # --- the engine ---------------------------------------------------------------------------------------
 
 def compute_report(polls: pd.DataFrame, business_hours: pd.DataFrame, timezones: pd.DataFrame,
-                   now=None, *, default_timezone: str = DEFAULT_TIMEZONE,
+                   now=None, *, special_hours: pd.DataFrame | None = None,
+                   reach_minutes: int | None = DEFAULT_REACH_MINUTES, default_timezone: str = DEFAULT_TIMEZONE,
                    store_ids: Iterable[str] | None = None, extended: bool = False) -> pd.DataFrame:
     """The report rows for every store with a poll at or before `now`, sorted by store_id as text.
 
     polls: store_id, timestamp_utc (datetime64 or ISO text), status ('active'/'inactive').
     business_hours: store_id, day_of_week (0 = Monday), start_time_local, end_time_local ('HH:MM:SS[.f]').
     timezones: store_id, timezone_str.
+    special_hours: store_id, date ('YYYY-MM-DD', local), start_time_local, end_time_local (both empty or
+    None: closed that date); optional.
     now: the reference time (UTC); default the latest poll. Polls after it are ignored.
+    reach_minutes: how far a poll speaks on either side of it; None = unbounded (classic nearest poll).
     store_ids: report only these stores. extended: add the unknown_last_* columns.
-    Metadata (the report's now, timezone counts) is returned in `frame.attrs`.
+    Metadata (the report's now, reach, timezone counts, stale stores) is returned in `frame.attrs`.
     """
     if default_timezone not in KNOWN_ZONES:
         raise ReportError(f"default timezone {default_timezone!r} is not in the tz database")
+    if reach_minutes is not None and not (isinstance(reach_minutes, (int, np.integer))
+                                          and 1 <= reach_minutes <= MAX_REACH_MINUTES):
+        raise ReportError(f"reach_minutes must be an integer from 1 to {MAX_REACH_MINUTES}, or None "
+                          f"for unbounded; got {reach_minutes!r}")
+    reach_us = None if reach_minutes is None else int(reach_minutes) * 60 * US_PER_SECOND
     p = _read_polls(polls, now, store_ids)
     zone_of_store, zones, n_missing_tz, n_unknown_tz = _resolve_timezones(p.stores, timezones, default_timezone)
     week_start = p.now_us - WEEK_US
-    iv = _store_intervals(business_hours, p, zone_of_store, zones, week_start)
-    p = _fold_stale_polls(p, iv.neg_inf)
-    segments = _nearest_poll_segments(p, iv)
-
     n_stores = len(p.stores)
-    has_evidence = np.zeros(len(iv.store), bool)
-    has_evidence[segments.interval] = True
-    no_evidence = ~has_evidence
+    last_poll = np.full(n_stores, np.iinfo(np.int64).min)
+    np.maximum.at(last_poll, p.store, p.t_us)
+    iv = _store_intervals(business_hours, special_hours, p, zone_of_store, zones, week_start, reach_us)
+    p = _fold_stale_polls(p, iv.neg_inf)
+    segments = _nearest_poll_segments(p, iv, reach_us)
+
     seg_store = iv.store[segments.interval]
-    active_weight = segments.active.astype(np.float64)
     end_ticks = TICKS_PER_US * p.now_us
     result = {"store_id": p.stores}
     for name, length in WINDOWS:
         window_begin = TICKS_PER_US * (p.now_us - length)
         covered = _overlap(segments.begin, segments.end, window_begin, end_ticks)
-        total = np.bincount(seg_store, weights=covered, minlength=n_stores)
-        up = np.bincount(seg_store, weights=covered * active_weight, minlength=n_stores)
-        unknown = np.bincount(iv.store[no_evidence], minlength=n_stores, weights=_overlap(
-            TICKS_PER_US * iv.begin[no_evidence], TICKS_PER_US * iv.end[no_evidence], window_begin, end_ticks))
+        up = np.bincount(seg_store, weights=np.where(segments.active, covered, 0), minlength=n_stores)
+        down = np.bincount(seg_store, weights=np.where(segments.active, 0, covered), minlength=n_stores)
+        # Business time no poll speaks for: intervals without evidence, and time out of every poll's reach.
+        business = np.bincount(iv.store, minlength=n_stores, weights=_overlap(
+            TICKS_PER_US * iv.begin, TICKS_PER_US * iv.end, window_begin, end_ticks))
         unit = TICKS_PER_US * WINDOW_UNIT_US[name]
         result[f"uptime_last_{name}"] = _round_hundredths(up, unit)
-        result[f"downtime_last_{name}"] = _round_hundredths(total - up, unit)
-        result[f"unknown_last_{name}"] = _round_hundredths(unknown, unit)
+        result[f"downtime_last_{name}"] = _round_hundredths(down, unit)
+        result[f"unknown_last_{name}"] = _round_hundredths(business - up - down, unit)
 
-    text_order = np.argsort(p.stores.to_numpy(dtype=str), kind="stable")
+    text_order = np.argsort(np.asarray(p.stores, dtype=object), kind="stable")
     frame = pd.DataFrame(result)[EXTENDED_COLUMNS if extended else STANDARD_COLUMNS]
     frame = frame.iloc[text_order].reset_index(drop=True)
     frame.attrs.update({
         "now": pd.Timestamp(p.now_us, unit="us", tz="UTC"),
+        "reach_minutes": None if reach_minutes is None else int(reach_minutes),
         "stores": n_stores,
         "stores_without_timezone": n_missing_tz,
         "stores_with_unknown_timezone": n_unknown_tz,
+        "stores_without_polls_this_week": int((last_poll < week_start).sum()),
         "default_timezone": default_timezone,
     })
     return frame
@@ -354,21 +413,85 @@ class _Intervals:
     pos_inf: int
 
 
-def _store_intervals(business_hours: pd.DataFrame, p: _Polls, zone_of_store: np.ndarray, zones: np.ndarray,
-                     week_start: int) -> _Intervals:
+@dataclass
+class _SpecialRows:
+    """Readable special-hours rows of reported stores (see `_special_rows`)."""
+    store: np.ndarray
+    date: np.ndarray       # local date, days since 1970-01-01
+    start_us: np.ndarray   # normalised like weekly rows; 0 for closed rows
+    end_us: np.ndarray
+    closed: np.ndarray     # bool: both times empty, no opening that date
+
+    def select(self, mask: np.ndarray) -> "_SpecialRows":
+        return _SpecialRows(*(getattr(self, name)[mask] for name in ("store", "date", "start_us", "end_us",
+                                                                      "closed")))
+
+
+def _store_intervals(business_hours: pd.DataFrame, special_hours: pd.DataFrame | None, p: _Polls,
+                     zone_of_store: np.ndarray, zones: np.ndarray, week_start: int,
+                     reach_us: int | None) -> _Intervals:
+    n_stores = len(p.stores)
     horizon = week_start - HORIZON_BEFORE_WEEK_US
-    # Stand-ins for minus and plus infinity, outside every time the report looks at: generated intervals
-    # begin at the earliest on the local midnight before `horizon`.
-    neg_inf, pos_inf = horizon - 2 * US_PER_DAY, p.now_us + US_PER_DAY
     store, day, start_us, end_us = _schedule_rows(business_hours, p)
-    # Open 24/7: stores without (readable) business hours, and those whose hours cover the whole week.
-    always_open = np.ones(len(p.stores), bool)
-    always_open[store] = False
-    always_open |= _covers_whole_week(store, day, start_us, end_us, len(p.stores))
+    special = _special_rows(special_hours, p)
+    has_weekly = np.zeros(n_stores, bool)
+    has_weekly[store] = True
+    # A store without weekly rows is open 00:00-24:00 on every date without special rows: give the ones
+    # with special rows those seven weekly rows, so special dates replace them like any other.
+    only_special = np.flatnonzero(~has_weekly & np.isin(np.arange(n_stores), special.store))
+    store = np.concatenate([store, np.repeat(only_special, 7)])
+    day = np.concatenate([day, np.tile(np.arange(7), len(only_special))])
+    start_us = np.concatenate([start_us, np.zeros(7 * len(only_special), np.int64)])
+    end_us = np.concatenate([end_us, np.full(7 * len(only_special), US_PER_DAY)])
+    has_weekly[only_special] = True
+    # Open every hour of the local week: stores without rows, and those whose rows cover the whole week.
+    whole_week = ~has_weekly | _covers_whole_week(store, day, start_us, end_us, n_stores)
+
+    first_day = np.full(n_stores, np.iinfo(np.int64).max)
+    if reach_us is not None:
+        # A poll reaches at most a week (MAX_REACH_MINUTES), so only polls from two weeks before the
+        # window can touch it, and only intervals from there on can clip them: special dates older
+        # than the generated dates make no difference.
+        near = ((special.date >= (horizon - 2 * US_PER_DAY) // US_PER_DAY)
+                & (special.date <= (p.now_us + 2 * US_PER_DAY) // US_PER_DAY))
+        special = special.select(near)
+    else:
+        # Unbounded reach: a store's last poll before the horizon may still speak for the week, unless a
+        # special date closed the store in between. Stores with special rows start their dates early
+        # enough to see that: four days before their first poll (so that poll's interval is complete),
+        # but no earlier than ten days before their first special date (before it, a store open all
+        # week never closes, and any other store closes within a week); and at least three days before
+        # the horizon, so that their first generated date is either free of special rows or of polls
+        # (see `since_ever` below).
+        earliest_poll = np.full(n_stores, np.iinfo(np.int64).max)
+        np.minimum.at(earliest_poll, p.store, p.t_us)
+        earliest_special = np.full(n_stores, np.iinfo(np.int64).max)
+        np.minimum.at(earliest_special, special.store, special.date)
+        early = earliest_special < np.iinfo(np.int64).max
+        first_day[early] = np.minimum(horizon // US_PER_DAY - 3, np.maximum(
+            earliest_poll[early] // US_PER_DAY - 4, earliest_special[early] - 10))
+    has_special = np.zeros(n_stores, bool)
+    has_special[special.store] = True
+    always_open = whole_week & ~has_special  # one interval "since ever", nothing to generate
+    # Stand-ins for minus and plus infinity, outside every time the report looks at: generated intervals
+    # begin at the earliest on the local midnight before `horizon` (or a store's early first day).
+    neg_inf = min(horizon, int(first_day.min(initial=horizon // US_PER_DAY)) * US_PER_DAY) - 2 * US_PER_DAY
+    pos_inf = p.now_us + US_PER_DAY
+
     rows = ~always_open[store]
-    iv_store, iv_begin, iv_end = _business_intervals(store[rows], day[rows], start_us[rows], end_us[rows],
-                                                     zone_of_store, zones, horizon, p.now_us + US_PER_DAY)
+    iv_store, iv_begin, iv_end, first_midnight = _business_intervals(
+        store[rows], day[rows], start_us[rows], end_us[rows], special.select(~always_open[special.store]),
+        zone_of_store, zones, horizon, p.now_us + US_PER_DAY, first_day)
     iv_store, iv_begin, iv_end = _merge_intervals(iv_store, iv_begin, iv_end)
+    # A store open all week apart from special dates is open "since ever" before its first generated
+    # date: its first interval, begun within a day of that date's midnight (DST: 26 h), began long before,
+    # unless a special date lies there; then (unbounded reach) the store has no poll that early, and
+    # (bounded reach) polls that early cannot reach the week: either way only the begin moves, and no
+    # number depends on it.
+    first_of_store = np.r_[True, iv_store[1:] != iv_store[:-1]] if len(iv_store) else np.zeros(0, bool)
+    since_ever = first_of_store & whole_week[iv_store] & (iv_begin < first_midnight[iv_store] + 26 * US_PER_HOUR)
+    iv_begin = np.where(since_ever, neg_inf, iv_begin)
+
     always_open = np.flatnonzero(always_open)
     iv_store = np.concatenate([iv_store, always_open])
     iv_begin = np.concatenate([iv_begin, np.full(len(always_open), neg_inf)])
@@ -397,25 +520,70 @@ def _covers_whole_week(store: np.ndarray, day: np.ndarray, start_us: np.ndarray,
     return whole
 
 
+def _store_numbers(store_ids: pd.Series, p: _Polls) -> np.ndarray:
+    """The report's store number of each row's store_id; -1 for stores not reported (or missing ids)."""
+    codes, store_texts = _factorize(store_ids)
+    input_position = _lookup(p.input_index.get_indexer(store_texts), codes, -1)
+    return np.where(input_position >= 0, p.number_of_input[input_position], -1)
+
+
+def _normalise_row_times(start_us: np.ndarray, end_us: np.ndarray) -> np.ndarray:
+    """The row's end in microseconds after the local midnight of its date: '23:59:59' (with or without
+    fraction) means midnight at the end of the day; end <= start ends on the next local day (start ==
+    end: open 24 hours)."""
+    end_us = np.where(end_us // US_PER_SECOND == US_PER_DAY // US_PER_SECOND - 1, US_PER_DAY, end_us)
+    return np.where(end_us <= start_us, end_us + US_PER_DAY, end_us)
+
+
 def _schedule_rows(business_hours: pd.DataFrame, p: _Polls):
     """Readable hours rows of reported stores: (store, weekday, start, end) in microseconds after local
     midnight, with `end` past 24 h for rows that close on the next local day."""
     hours = business_hours if len(business_hours) else pd.DataFrame(
         {"store_id": [], "day_of_week": [], "start_time_local": [], "end_time_local": []}, dtype=object)
-    codes, store_texts = _factorize(hours["store_id"])
-    input_position = _lookup(p.input_index.get_indexer(store_texts), codes, -1)
-    store = np.where(input_position >= 0, p.number_of_input[input_position], -1)
+    store = _store_numbers(hours["store_id"], p)
     day = pd.to_numeric(hours["day_of_week"], errors="coerce").to_numpy(dtype=float)
     start_us = _time_of_day_us(hours["start_time_local"])
     end_us = _time_of_day_us(hours["end_time_local"])
     # Rows the loader would reject count as absent (a store left without rows is open 24/7).
     valid = (store >= 0) & np.isin(day, np.arange(7)) & (start_us >= 0) & (end_us >= 0)
     store, day, start_us, end_us = store[valid], day[valid].astype(np.int64), start_us[valid], end_us[valid]
-    # '23:59:59' (with or without fraction) means midnight at the end of the day.
-    end_us = np.where(end_us // US_PER_SECOND == US_PER_DAY // US_PER_SECOND - 1, US_PER_DAY, end_us)
-    # end <= start: the interval ends on the next local day (start == end: open 24 hours).
-    end_us = np.where(end_us <= start_us, end_us + US_PER_DAY, end_us)
-    return store, day, start_us, end_us
+    return store, day, start_us, _normalise_row_times(start_us, end_us)
+
+
+def _special_rows(special_hours: pd.DataFrame | None, p: _Polls) -> _SpecialRows:
+    """Readable special-hours rows of reported stores. Rows the loader would reject (date not a real
+    YYYY-MM-DD, a time unreadable, exactly one time empty) count as absent."""
+    if special_hours is None or not len(special_hours):
+        empty = np.empty(0, np.int64)
+        return _SpecialRows(empty, empty, empty, empty, np.empty(0, bool))
+    store = _store_numbers(special_hours["store_id"], p)
+    date_codes, date_texts = _factorize(special_hours["date"])
+    date_number = _lookup(np.array([_parse_date(text) for text in date_texts], np.int64), date_codes, NOT_A_DATE)
+
+    def time_of_day(column: str) -> tuple[np.ndarray, np.ndarray]:
+        values = special_hours[column]
+        empty = (values.isna() | (values.astype(object).fillna("").astype(str).str.strip() == "")).to_numpy()
+        return _time_of_day_us(values), empty
+
+    start_us, start_empty = time_of_day("start_time_local")
+    end_us, end_empty = time_of_day("end_time_local")
+    closed = start_empty & end_empty
+    valid = (store >= 0) & (date_number != NOT_A_DATE) & (closed | ((start_us >= 0) & (end_us >= 0)))
+    start_us = np.where(closed, 0, start_us)
+    end_us = np.where(closed, 0, end_us)
+    rows = _SpecialRows(store, date_number, start_us, _normalise_row_times(start_us, end_us), closed)
+    return rows.select(valid)
+
+
+def _parse_date(text: str) -> int:
+    """Days since 1970-01-01 of a 'YYYY-MM-DD' date; NOT_A_DATE if it is not one (e.g. 2023-02-30)."""
+    text = text.strip()
+    if not SPECIAL_DATE_RE.fullmatch(text):
+        return NOT_A_DATE
+    try:
+        return (date.fromisoformat(text) - EPOCH_DATE).days
+    except ValueError:
+        return NOT_A_DATE
 
 
 def _fold_stale_polls(p: _Polls, neg_inf: int) -> _Polls:
@@ -441,7 +609,7 @@ class _Segments:
     active: np.ndarray
 
 
-def _nearest_poll_segments(p: _Polls, iv: _Intervals) -> _Segments:
+def _nearest_poll_segments(p: _Polls, iv: _Intervals, reach_us: int | None) -> _Segments:
     # One sorted key for polls and intervals: the store's band of the number line, plus the time.
     band = iv.pos_inf - iv.neg_inf + 1
     if len(p.stores) * band >= 2 ** 62:
@@ -480,6 +648,11 @@ def _nearest_poll_segments(p: _Polls, iv: _Intervals) -> _Segments:
     end[:-1] = begin[1:]
     begin[first] = TICKS_PER_US * iv.begin[g[first]]
     end[last] = TICKS_PER_US * iv.end[g[last]]
+    if reach_us is not None:
+        # A poll speaks for at most `reach` on either side; farther instants stay unknown. The poll lies
+        # in its own segment, so clipping never turns a segment inside out.
+        begin = np.maximum(begin, TICKS_PER_US * (t - reach_us))
+        end = np.minimum(end, TICKS_PER_US * (t + reach_us))
     return _Segments(g, begin, end, active)
 
 
@@ -492,7 +665,7 @@ def _overlap(begin: np.ndarray, end: np.ndarray, window_begin: int, window_end: 
 
 def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=None,
                     store_ids: Iterable[str] | None = None, extended: bool = False,
-                    default_timezone: str = DEFAULT_TIMEZONE,
+                    reach_minutes: int | None = DEFAULT_REACH_MINUTES, default_timezone: str = DEFAULT_TIMEZONE,
                     progress: Callable[[float], None] | None = None) -> ReportOutcome:
     """Read what the report needs, compute it and write `out_path` atomically (temporary file, rename).
 
@@ -510,6 +683,7 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
     loaded = time.perf_counter()
     report(0.5)
     frame = compute_report(inputs.polls, inputs.business_hours, inputs.timezones, inputs.now,
+                           special_hours=getattr(inputs, "special_hours", None), reach_minutes=reach_minutes,
                            default_timezone=default_timezone, store_ids=store_ids, extended=extended)
     computed = time.perf_counter()
     report(0.9)
@@ -517,8 +691,42 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
     written = time.perf_counter()
     timings = {"load": loaded - started, "compute": computed - loaded, "write": written - computed}
     meta = {key: value for key, value in frame.attrs.items() if key != "now"}  # `now` is as_of
+    first_poll_us = database.first_poll_us(database_path) if len(frame) == 0 and as_of is not None else None
+    meta["warnings"] = report_warnings(frame, store_ids, first_poll_us)
     return ReportOutcome(rows=len(frame), as_of=inputs.now, seconds=written - started,
                          timings={k: round(v, 4) for k, v in timings.items()}, meta=meta)
+
+
+WARNING_EXAMPLES = 5  # ids listed in a warning; the count says how many there are in all
+
+
+def report_warnings(frame: pd.DataFrame, store_ids: Iterable[str] | None, first_poll_us: int | None) -> list[dict]:
+    """What a user should know before trusting the report: each a code, a message and figures."""
+    from jobs import iso_utc  # the service's one UTC formatter (jobs imports this module)
+
+    warnings = []
+    now = frame.attrs["now"]
+    if store_ids is not None:
+        missing = sorted(set(store_ids) - set(frame["store_id"]))
+        if missing:
+            warnings.append({
+                "code": "store_ids_without_polls", "count": len(missing), "examples": missing[:WARNING_EXAMPLES],
+                "message": f"{len(missing)} of the requested store_ids have no poll at or before {iso_utc(now)}; "
+                           "they are not in the report"})
+    if first_poll_us is not None and first_poll_us > int(now.as_unit("us").asm8.astype("int64")):
+        first = pd.Timestamp(first_poll_us, unit="us", tz="UTC")
+        warnings.append({
+            "code": "as_of_before_first_poll", "first_poll": iso_utc(first),
+            "message": f"as_of {iso_utc(now)} is earlier than every poll (the first is at {iso_utc(first)}); "
+                       "the report is empty"})
+    stale = frame.attrs.get("stores_without_polls_this_week", 0)
+    if stale:
+        warnings.append({
+            "code": "stores_without_polls_this_week", "count": stale,
+            "message": f"{stale} stores have no poll in the week before {iso_utc(now)}: their figures rest on "
+                       "older polls" + (" (unbounded reach)" if frame.attrs.get("reach_minutes") is None
+                                        else ", so they are mostly unknown")})
+    return warnings
 
 
 def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:

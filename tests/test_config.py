@@ -36,3 +36,15 @@ def test_environment_keys_are_read_and_overrides_win(tmp_path):
 def test_bad_values_name_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
         Settings.from_env({key: value})
+
+
+@pytest.mark.parametrize("value, reach", [("90", 90), ("none", None), (" None ", None), ("10080", 10080)])
+def test_poll_reach_setting(value, reach):
+    assert Settings.from_env({"SM_POLL_REACH_MINUTES": value}).poll_reach_minutes == reach
+    assert Settings.from_env({}).poll_reach_minutes == 120
+
+
+@pytest.mark.parametrize("value", ["0", "10081", "-1", "2h", "1.5"])
+def test_bad_poll_reach_names_the_key(value):
+    with pytest.raises(ValueError, match="SM_POLL_REACH_MINUTES"):
+        Settings.from_env({"SM_POLL_REACH_MINUTES": value})

@@ -1,11 +1,20 @@
 """The engine against docs/report-semantics.md: every rule with a hand-computed expectation.
 
 Times in comments are local (America/Chicago is UTC-6 in winter, UTC-5 in summer) unless marked UTC.
+These rules hold for any reach; the expectations are computed with unbounded reach (the classic nearest
+poll), so a poll's status holds to the ends of its interval. Reach and special hours have their own
+tests in test_report_reach_and_special_hours.py.
 """
 import pandas as pd
 import pytest
 
 from report_generator import EXTENDED_COLUMNS, STANDARD_COLUMNS, ReportError, compute_report
+
+
+def classic_report(*args, **options):
+    """compute_report with unbounded reach unless a test says otherwise."""
+    options.setdefault("reach_minutes", None)
+    return compute_report(*args, **options)
 
 
 def polls(*rows):
@@ -30,7 +39,7 @@ def row(frame, store=None):
 
 
 def report_row(poll_rows, hour_rows, now, tz=CHICAGO, **options):
-    return row(compute_report(polls(*poll_rows), hours(*hour_rows), tz, now, extended=True, **options))
+    return row(classic_report(polls(*poll_rows), hours(*hour_rows), tz, now, extended=True, **options))
 
 
 def expect(actual, **expected):
@@ -56,10 +65,17 @@ def test_worked_example_2_overnight_friday():
 
 
 def test_worked_example_3_no_business_hours_is_24_7():
-    r = report_row([("s", "2023-01-28 10:00:00", "active"), ("s", "2023-01-28 11:00:00", "inactive")],
-                   [], "2023-01-28 11:30:00")
+    poll_rows = [("s", "2023-01-28 10:00:00", "active"), ("s", "2023-01-28 11:00:00", "inactive")]
+    # Default reach (120 min): the first poll speaks back to 08:00 UTC; the rest is unknown.
+    r = report_row(poll_rows, [], "2023-01-28 11:30:00", reach_minutes=120)
+    expect(r, uptime_last_hour=0, downtime_last_hour=60, uptime_last_day=2.5, downtime_last_day=1,
+           uptime_last_week=2.5, downtime_last_week=1, unknown_last_day=20.5, unknown_last_week=164.5)
+    r = row(compute_report(polls(*poll_rows), hours(), CHICAGO, "2023-01-28 11:30:00", extended=True))
+    expect(r, uptime_last_day=2.5, downtime_last_day=1, unknown_last_day=20.5)  # 120 is the default
+    # Unbounded: the first poll's status holds back to the start of each window.
+    r = report_row(poll_rows, [], "2023-01-28 11:30:00")
     expect(r, uptime_last_hour=0, downtime_last_hour=60, uptime_last_day=23, downtime_last_day=1,
-           uptime_last_week=167, downtime_last_week=1)
+           uptime_last_week=167, downtime_last_week=1, unknown_last_week=0)
 
 
 def test_worked_example_4_spring_forward_interval_is_three_hours():
@@ -180,7 +196,7 @@ def test_missing_timezone_uses_default_and_default_is_configurable():
 
 
 def test_unknown_timezone_falls_back_to_default_and_is_counted():
-    frame = compute_report(polls(("s", "2023-01-23 16:00:00", "active"), ("t", "2023-01-23 16:00:00", "active")),
+    frame = classic_report(polls(("s", "2023-01-23 16:00:00", "active"), ("t", "2023-01-23 16:00:00", "active")),
                            hours(("s", 0, "09:00:00", "10:30:00")),
                            zones(("s", "Mars/Olympus_Mons"), ("t", " America/New_York ")), "2023-01-23 18:00:00")
     expect(row(frame, "s"), uptime_last_week=1.5)
@@ -243,14 +259,14 @@ def test_phoenix_has_no_dst():
 def test_as_of_ignores_later_polls():
     poll_rows = [("s", "2023-01-28 10:00:00", "active"), ("s", "2023-01-28 11:00:00", "inactive"),
                  ("s", "2023-01-28 12:00:00", "active"), ("late", "2023-01-28 12:00:00", "active")]
-    frame = compute_report(polls(*poll_rows), hours(), zones(), "2023-01-28 11:30:00")
+    frame = classic_report(polls(*poll_rows), hours(), zones(), "2023-01-28 11:30:00")
     assert list(frame["store_id"]) == ["s"]  # "late" has no poll at or before now
     expect(row(frame), uptime_last_hour=0, downtime_last_hour=60, uptime_last_day=23, downtime_last_day=1)
     assert frame.attrs["now"] == pd.Timestamp("2023-01-28 11:30:00", tz="UTC")
 
 
 def test_now_defaults_to_latest_poll():
-    frame = compute_report(polls(("s", "2023-01-28 10:00:00", "active"), ("t", "2023-01-28 11:00:00Z", "active")),
+    frame = classic_report(polls(("s", "2023-01-28 10:00:00", "active"), ("t", "2023-01-28 11:00:00Z", "active")),
                            hours(), zones())
     assert frame.attrs["now"] == pd.Timestamp("2023-01-28 11:00:00", tz="UTC")
 
@@ -259,7 +275,7 @@ def test_same_instant_twice_counts_once_and_inactive_wins():
     same = [("s", "2023-01-28 10:00:00", "active"), ("s", "2023-01-28 10:00:00", "inactive"),
             ("t", "2023-01-28 10:00:00", "active"), ("t", "2023-01-28 10:00:00", "active"),
             ("t", "2023-01-28 10:30:00", "inactive")]
-    frame = compute_report(polls(*same), hours(), zones(), "2023-01-28 11:00:00")
+    frame = classic_report(polls(*same), hours(), zones(), "2023-01-28 11:00:00")
     expect(row(frame, "s"), downtime_last_hour=60, uptime_last_hour=0)
     # A counted-twice active poll would change nothing anyway; the midpoint with 10:30 is 10:15.
     expect(row(frame, "t"), uptime_last_hour=15, downtime_last_hour=45)
@@ -267,7 +283,7 @@ def test_same_instant_twice_counts_once_and_inactive_wins():
 
 def test_rows_sorted_by_store_id_as_text_and_ids_kept_verbatim():
     ids = ["9", "10", "0123", "-5", "a-uuid"]
-    frame = compute_report(polls(*[(i, "2023-01-28 10:00:00", "active") for i in ids]), hours(), zones())
+    frame = classic_report(polls(*[(i, "2023-01-28 10:00:00", "active") for i in ids]), hours(), zones())
     assert list(frame["store_id"]) == sorted(ids) == ["-5", "0123", "10", "9", "a-uuid"]
     assert list(frame.columns) == STANDARD_COLUMNS
 
@@ -286,7 +302,7 @@ def test_units_are_minutes_for_the_hour_and_hours_for_day_and_week():
 
 def test_store_ids_option_restricts_and_extended_adds_unknown_columns():
     poll_rows = [(i, "2023-01-28 10:00:00", "active") for i in ("a", "b", "c")]
-    frame = compute_report(polls(*poll_rows), hours(), zones(), store_ids=["c", "a", "zzz"], extended=True)
+    frame = classic_report(polls(*poll_rows), hours(), zones(), store_ids=["c", "a", "zzz"], extended=True)
     assert list(frame["store_id"]) == ["a", "c"]
     assert list(frame.columns) == EXTENDED_COLUMNS
 
@@ -295,26 +311,30 @@ def test_categorical_and_datetime_inputs_are_accepted():
     frame = polls(("s", "2023-01-28 10:00:00", "active"), ("s", "2023-01-28 11:00:00", "inactive"))
     frame = frame.astype({"store_id": "category", "status": "category"})
     frame["timestamp_utc"] = pd.to_datetime(frame["timestamp_utc"], utc=True)
-    expect(row(compute_report(frame, hours(), zones())), uptime_last_day=23.5, downtime_last_day=0.5)
+    expect(row(classic_report(frame, hours(), zones())), uptime_last_day=23.5, downtime_last_day=0.5)
 
 
 def test_no_polls_is_a_clear_error_and_empty_as_of_is_an_empty_report():
     with pytest.raises(ReportError, match="no polls"):
-        compute_report(polls(), hours(), zones())
-    empty = compute_report(polls(("s", "2023-01-28 10:00:00", "active")), hours(), zones(), "2023-01-01")
+        classic_report(polls(), hours(), zones())
+    empty = classic_report(polls(("s", "2023-01-28 10:00:00", "active")), hours(), zones(), "2023-01-01")
     assert len(empty) == 0 and list(empty.columns) == STANDARD_COLUMNS
 
 
 def test_readme_worked_example_overnight_fall_back_and_unknown():
     # The README's example: New York, Saturday 18:00-02:00 across the 2023 fall-back night (9 hours),
     # Sunday 11:00-15:00 without polls (unknown).
-    r = report_row([("S", "2023-11-04 23:00:00", "active"), ("S", "2023-11-05 03:30:00", "inactive"),
-                    ("S", "2023-11-05 06:00:00", "active")],
-                   [("S", 5, "18:00:00", "02:00:00"), ("S", 6, "11:00:00", "15:00:00")],
-                   "2023-11-05 21:00:00", tz=zones(("S", "America/New_York")))
+    poll_rows = [("S", "2023-11-04 23:00:00", "active"), ("S", "2023-11-05 03:30:00", "inactive"),
+                 ("S", "2023-11-05 06:00:00", "active")]
+    hour_rows = [("S", 5, "18:00:00", "02:00:00"), ("S", 6, "11:00:00", "15:00:00")]
+    new_york = zones(("S", "America/New_York"))
+    r = report_row(poll_rows, hour_rows, "2023-11-05 21:00:00", tz=new_york)
     expect(r, uptime_last_hour=0, downtime_last_hour=0, unknown_last_hour=0,
            uptime_last_day=5.5, downtime_last_day=3.5, unknown_last_day=4,
            uptime_last_week=5.5, downtime_last_week=3.5, unknown_last_week=4)
+    # Default reach: 23:00 speaks until 01:00 UTC, 03:30 from 01:30; 00:30 more is unknown.
+    r = report_row(poll_rows, hour_rows, "2023-11-05 21:00:00", tz=new_york, reach_minutes=120)
+    expect(r, uptime_last_day=5.25, downtime_last_day=3.25, unknown_last_day=4.5)
 
 
 def test_spring_forward_gap_in_alaska_becomes_the_transition_instant():
@@ -331,14 +351,14 @@ def test_closed_hour_removed_by_dst_does_not_make_a_store_open_forever():
     # February) lies in an earlier interval, so the week of 2023-03-13..20 is unknown, not down.
     schedule = [("s", d, "00:00:00", "23:59:59") for d in range(6)] + [("s", 6, "00:00:00", "02:00:00"),
                                                                          ("s", 6, "03:00:00", "23:59:59")]
-    frame = compute_report(polls(("s", "2023-02-20 15:00:00", "inactive"), ("t", "2023-03-20 12:00:00", "active")),
+    frame = classic_report(polls(("s", "2023-02-20 15:00:00", "inactive"), ("t", "2023-03-20 12:00:00", "active")),
                            hours(*schedule), CHICAGO, extended=True)
     expect(row(frame, "s"), downtime_last_week=0, uptime_last_week=0, unknown_last_week=167)
 
 
 def test_samoa_skipped_day_is_no_business_time():
     # Pacific/Apia skipped Friday 2011-12-30. A store open only on Fridays had no business time that week.
-    frame = compute_report(polls(("s", "2011-12-29 20:00:00", "active"), ("s", "2012-01-01 20:00:00", "active")),
+    frame = classic_report(polls(("s", "2011-12-29 20:00:00", "active"), ("s", "2012-01-01 20:00:00", "active")),
                            hours(("s", 4, "09:00:00", "17:00:00")), zones(("s", "Pacific/Apia")),
                            "2012-01-02 00:00:00", extended=True)
     expect(row(frame), uptime_last_week=0, downtime_last_week=0, unknown_last_week=0)
