@@ -729,6 +729,16 @@ def report_warnings(frame: pd.DataFrame, store_ids: Iterable[str] | None, first_
     return warnings
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A store id as a spreadsheet shows it, never as a formula: one that starts like a formula gets a
+    leading apostrophe (OWASP's advice for CSV injection). The loader rejects such ids; this protects
+    reports on ids stored before it did."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
 def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
     """Readers see the old file or the whole new one, never a partial CSV."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -739,7 +749,9 @@ def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
             # and it quotes a store_id only when it must.
             writer = csv.writer(out)
             writer.writerow(frame.columns)
-            writer.writerows(zip(*(frame[column].tolist() for column in frame.columns)))
+            columns = [frame[column].tolist() for column in frame.columns]
+            columns[0] = [spreadsheet_safe(store_id) for store_id in columns[0]]
+            writer.writerows(zip(*columns))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -362,3 +362,32 @@ def test_samoa_skipped_day_is_no_business_time():
                            hours(("s", 4, "09:00:00", "17:00:00")), zones(("s", "Pacific/Apia")),
                            "2012-01-02 00:00:00", extended=True)
     expect(row(frame), uptime_last_week=0, downtime_last_week=0, unknown_last_week=0)
+
+
+# --- output safety --------------------------------------------------------------------------------------
+
+def test_report_csv_never_starts_a_store_id_like_a_formula(tmp_path):
+    from report_generator import write_csv_atomically
+
+    ids = ['=HYPERLINK("http://x")', "+1", "-2", "@SUM(A1)", "plain", "a=b"]
+    frame = classic_report(polls(*[(i, "2023-01-28 10:00:00", "active") for i in ids]), hours(), zones())
+    write_csv_atomically(frame, tmp_path / "r.csv")
+    written = pd.read_csv(tmp_path / "r.csv", dtype={"store_id": str})["store_id"].tolist()
+    assert sorted(written) == sorted(["'" + i for i in ids[:4]] + ids[4:])
+
+
+def test_report_memory_does_not_grow_with_the_longest_store_id():
+    import tracemalloc
+
+    def peak(long_id: str) -> int:
+        rows = [(f"store-{n}", "2023-01-28 10:00:00", "active") for n in range(2000)] + [
+            (long_id, "2023-01-28 10:00:00", "active")]
+        frame = polls(*rows)
+        tracemalloc.start()
+        classic_report(frame, hours(), zones())
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak_bytes
+
+    # A fixed-width text array would take 2001 x 100,000 x 4 bytes = 800 MB here.
+    assert peak("x" * 100_000) - peak("x") < 20 * 1024 * 1024
