@@ -87,6 +87,7 @@ TIMEZONE_WEIGHTS = {
 NO_HOURS_SHARE = 0.18        # polled stores without any business-hours row
 NO_TIMEZONE_SHARE = 0.05     # polled stores without a timezone row
 UNPOLLED_SHARE = 0.015       # extra stores only in business_hours/timezones
+SPECIAL_HOURS_SHARE = 0.2     # stores with special hours (a holiday, maybe a short day) in the last week
 MISS_RATE_BETA = (4.2, 15.8)  # per-store missed-poll rate, mean 0.21
 INACTIVE_BETA = (1.2, 12.0)   # per-store inactive share, mean ~0.09
 CHUNK_ROWS = 1_000_000        # rows formatted and written at a time
@@ -280,8 +281,13 @@ def _values_buffer(arr: pa.Array) -> pa.Buffer:
 def generate_dataset(out_dir: Path, *, stores: int = 300, days: float = 8, seed: int = 0,
                      end: datetime | None = None, id_style: str = "int64",
                      poll_scale: int = 1, store_ids: Sequence[str] | None = None,
-                     polls_per_hour: int = 1) -> dict[str, Path]:
-    """Write store_status.csv, business_hours.csv and timezones.csv into `out_dir`; return their paths.
+                     polls_per_hour: int = 1, special_share: float = SPECIAL_HOURS_SHARE) -> dict[str, Path]:
+    """Write store_status.csv, business_hours.csv, timezones.csv and special_hours.csv into `out_dir`;
+    return their paths.
+
+    `special_share` of the stores get special hours in the last week of polls: a closed day (a holiday),
+    and half of them also a short day (10:00-14:00) on another date. They come from their own random
+    stream, so the other files are the same whatever the share.
 
     `store_ids` (optional) names the polled stores, e.g. the ids of a real business-hours/timezone file,
     so that generated polls can be combined with real hours: the first `stores` of them are polled, and
@@ -337,6 +343,8 @@ def generate_dataset(out_dir: Path, *, stores: int = 300, days: float = 8, seed:
     }
     paths["business_hours"].write_bytes(("\n".join(hours_lines) + trailing).encode())
     paths["timezones"].write_bytes(("\n".join(tz_lines) + trailing).encode())
+    paths["special_hours"] = out_dir / "special_hours.csv"
+    paths["special_hours"].write_text(_special_hours_csv(all_ids, end, special_share, seed))
 
     # Polls, generated in blocks of stores to bound memory, then shuffled as a whole.
     poll_rng = np.random.default_rng([seed, 2])
@@ -374,6 +382,22 @@ def generate_dataset(out_dir: Path, *, stores: int = 300, days: float = 8, seed:
     return paths
 
 
+def _special_hours_csv(ids: Sequence[str], end: datetime, share: float, seed: int) -> str:
+    """special_hours.csv: a closed date for `share` of the stores, and a short day for half of those."""
+    rng = np.random.default_rng([seed, 3])
+    chosen = np.flatnonzero(rng.random(len(ids)) < share)
+    closed_day = rng.integers(0, 7, size=len(chosen))
+    short_day = (closed_day + rng.integers(1, 7, size=len(chosen))) % 7
+    with_short = rng.random(len(chosen)) < 0.5
+    last = end.date()
+    lines = ["store_id,date,start_time_local,end_time_local"]
+    for i, closed, short, has_short in zip(chosen, closed_day, short_day, with_short):
+        lines.append(f"{ids[i]},{last - timedelta(days=int(closed))},,")
+        if has_short:
+            lines.append(f"{ids[i]},{last - timedelta(days=int(short))},10:00:00,14:00:00")
+    return "\n".join(lines) + "\n"
+
+
 def count_rows(path: Path) -> int:
     """Data rows of a CSV file (header excluded, a missing final newline allowed), read in blocks."""
     lines, last = 0, b"\n"
@@ -396,12 +420,14 @@ def main(argv=None) -> int:
     parser.add_argument("--poll-scale", type=int, default=1, help="K: K times longer poll history")
     parser.add_argument("--polls-per-hour", type=int, default=1, help="K: poll every store K times an hour")
     parser.add_argument("--end", help="UTC instant bounding the polls, ISO 8601 (default: fixed per edition)")
+    parser.add_argument("--special-share", type=float, default=SPECIAL_HOURS_SHARE,
+                        help=f"share of stores with special hours (default {SPECIAL_HOURS_SHARE}; 0: none)")
     args = parser.parse_args(argv)
     end = datetime.fromisoformat(args.end.replace("Z", "+00:00")) if args.end else None
     try:
         paths = generate_dataset(args.out, stores=args.stores, days=args.days, seed=args.seed, end=end,
                                  id_style=args.id_style, poll_scale=args.poll_scale,
-                                 polls_per_hour=args.polls_per_hour)
+                                 polls_per_hour=args.polls_per_hour, special_share=args.special_share)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -44,10 +44,9 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     a = generate_dataset(tmp_path / "a", stores=60, days=2, seed=3)
     b = generate_dataset(tmp_path / "b", stores=60, days=2, seed=3)
     c = generate_dataset(tmp_path / "c", stores=60, days=2, seed=4)
-    assert set(a) == {"store_status", "business_hours", "timezones"}
+    assert set(a) == {"store_status", "business_hours", "timezones", "special_hours"}
     for key in a:
-        assert a[key].name == {"store_status": "store_status.csv", "business_hours": "business_hours.csv",
-                               "timezones": "timezones.csv"}[key]
+        assert a[key].name == f"{key}.csv"
         assert a[key].read_bytes() == b[key].read_bytes()
         assert a[key].read_bytes() != c[key].read_bytes()
 
@@ -196,3 +195,17 @@ def test_polls_per_hour_densifies_polling(tmp_path):
     assert 3.5 < len(four) / len(one) < 4.5
     gaps = four.sort_values(["store_id", "t"]).groupby("store_id")["t"].diff().dropna().dt.total_seconds()
     assert 800 < gaps.median() < 1000     # every 15 minutes
+
+
+def test_special_hours_are_a_closed_day_and_maybe_a_short_day_in_the_last_week(tmp_path):
+    paths = generate_dataset(tmp_path / "s", stores=400, days=8, seed=1)
+    special = rows(paths["special_hours"])
+    assert special[0] == ["store_id", "date", "start_time_local", "end_time_local"]
+    closed = [r for r in special[1:] if r[2:] == ["", ""]]
+    short = [r for r in special[1:] if r[2:] == ["10:00:00", "14:00:00"]]
+    assert len(closed) + len(short) == len(special) - 1
+    assert 40 <= len(closed) <= 120 and 0 < len(short) <= len(closed)  # about 20% of 400 stores
+    assert {r[1] for r in special[1:]} <= {f"2023-01-{day}" for day in range(18, 26)}
+    none = generate_dataset(tmp_path / "n", stores=400, days=8, seed=1, special_share=0)
+    assert rows(none["special_hours"]) == [special[0]]
+    assert none["store_status"].read_bytes() == paths["store_status"].read_bytes()  # own random stream
