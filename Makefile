@@ -4,15 +4,20 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench load clean
+.PHONY: run dev test bench load clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# The production server: gunicorn, SM_WEB_WORKERS processes with their report workers (gunicorn.conf.py).
 run: $(VENV)/.installed
-	$(PY) app.py
+	$(PY) -m gunicorn --config gunicorn.conf.py
+
+# Flask's development server in one process, for debugging only.
+dev: $(VENV)/.installed
+	$(PY) app.py --dev
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

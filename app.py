@@ -1,16 +1,21 @@
-"""HTTP API: trigger and poll report jobs, download reports, append polls, health, OpenAPI.
+"""HTTP API: trigger and poll report jobs, download reports, append polls and special hours, health, OpenAPI.
 
-Run with `python app.py` (or `make run`); settings come from the environment or `.env` (see
-`config.py`). Every error answer is JSON `{"error": "..."}`; stack traces only go to the server log.
+Served by gunicorn with `make run` (`gunicorn.conf.py`: several worker processes, each with its report
+worker threads); `python app.py --dev` runs Flask's development server in one process, for debugging only.
+Settings come from the environment or `.env` (see `config.py`). Every error answer is JSON
+`{"error": "..."}`; stack traces only go to the server log.
 
 Concurrency: each request opens its own short-lived SQLite connection (WAL mode, so reads never wait
 for a writer); report workers have their own connections (`jobs.py`). An ingestion request is one
 transaction and a report reads its inputs in one read transaction, so a report sees either none or all
-of one request's polls.
+of one request's polls. Report jobs are shared by every process on the database (see `jobs.py`).
 """
 from __future__ import annotations
 
+import argparse
 import csv
+import fcntl
+import os
 import io
 import json
 import logging
@@ -25,7 +30,7 @@ from flask import Flask, Response, g, jsonify, request, send_file
 from werkzeug.exceptions import HTTPException
 
 import database
-from config import Settings
+from config import MAX_REACH_MINUTES, Settings
 from jobs import QueueFull, ReportJobs, iso_utc
 
 log = logging.getLogger("store_monitoring.app")
@@ -34,9 +39,10 @@ log = logging.getLogger("store_monitoring.app")
 # roughly 700k polls as CSV; bigger loads belong to `python database.py load`.
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_STORE_IDS = 100_000
-TRIGGER_KEYS = {"as_of", "store_ids", "columns"}
+TRIGGER_KEYS = {"as_of", "store_ids", "columns", "reach_minutes"}
 COLUMN_SETS = ("standard", "extended")
 POLL_KEYS = ("store_id", "status", "timestamp_utc")
+SPECIAL_KEYS = ("store_id", "date", "start_time_local", "end_time_local")
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 CSV_TYPES = {"text/csv", "application/csv", "text/plain"}
 EXTENSION = "store_monitoring"
@@ -73,12 +79,10 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True, 
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
 
-    conn = database.connect(settings.database_path)  # creates the schema before anything else runs
-    try:
-        if load_data:
-            log.info("%s", database.ensure_loaded(conn, settings.data_dir))
-    finally:
-        conn.close()
+    if load_data:
+        log.info("%s", prepare_database(settings))
+    else:
+        database.connect(settings.database_path).close()  # creates the schema before anything else runs
     Path(settings.reports_dir).mkdir(parents=True, exist_ok=True)
 
     jobs = ReportJobs(settings, generate=generate, logger=log)
@@ -92,6 +96,24 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True, 
     _register_routes(app)
     _register_cli(app)
     return app
+
+
+def prepare_database(settings: Settings) -> str:
+    """Create the schema and, on a first start (no polls), load `data_dir`'s CSVs or a generated demo set.
+
+    Runs once per start of the service, before any worker takes a job; an exclusive lock on a file beside
+    the database makes processes that start together on one database take turns, so the data is loaded
+    once. Returns the line for the log; raises `database.LoadError` or `sqlite3.Error`.
+    """
+    lock_path = Path(f"{settings.database_path}-startup.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        conn = database.connect(settings.database_path)
+        try:
+            return database.ensure_loaded(conn, settings.data_dir)
+        finally:
+            conn.close()
 
 
 def cli_app() -> Flask:
@@ -211,9 +233,18 @@ def parse_trigger_body() -> dict:
         raise ApiError(400, "request body must be a JSON object with optional keys as_of, store_ids, columns")
     unknown = sorted(set(body) - TRIGGER_KEYS)
     if unknown:
-        raise ApiError(400, f"unknown key(s) {', '.join(map(repr, unknown))}; allowed: as_of, store_ids, columns")
+        raise ApiError(400, f"unknown key(s) {', '.join(map(repr, unknown))}; "
+                            "allowed: as_of, store_ids, columns, reach_minutes")
 
-    params = {"as_of": None, "store_ids": None, "columns": "standard"}
+    params = {"as_of": None, "store_ids": None, "columns": "standard",
+              "reach_minutes": _settings().poll_reach_minutes}
+    if "reach_minutes" in body:  # null is a value here: unbounded reach
+        reach = body["reach_minutes"]
+        if reach is not None and (isinstance(reach, bool) or not isinstance(reach, int)
+                                  or not 1 <= reach <= MAX_REACH_MINUTES):
+            raise ApiError(400, f"reach_minutes must be an integer from 1 to {MAX_REACH_MINUTES}, or null for "
+                                f"unbounded reach; got {json.dumps(reach)}")
+        params["reach_minutes"] = reach
     if body.get("as_of") is not None:
         params["as_of"] = parse_as_of(body["as_of"])
     if body.get("store_ids") is not None:
@@ -247,21 +278,27 @@ def parse_report_id(value: str | None) -> str:
 
 def polls_from_json(raw: bytes) -> io.BytesIO:
     """A JSON list of {store_id, status, timestamp_utc} -> the same rows as CSV for the loader."""
+    return rows_from_json(raw, POLL_KEYS)
+
+
+def rows_from_json(raw: bytes, keys: tuple[str, ...]) -> io.BytesIO:
+    """A JSON list of objects with `keys` (a null or absent value is empty) -> the same rows as CSV."""
+    shape = "{" + ", ".join(keys) + "}"
     items = parse_json(raw)
     if not isinstance(items, list):
-        raise ApiError(400, "a JSON body must be a list of objects {store_id, status, timestamp_utc}")
+        raise ApiError(400, f"a JSON body must be a list of objects {shape}")
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(POLL_KEYS)
+    writer.writerow(keys)
     for index, item in enumerate(items):
         if not isinstance(item, dict):
-            raise ApiError(400, f"item {index} is not an object {{store_id, status, timestamp_utc}}")
-        unknown = sorted(set(item) - set(POLL_KEYS))
+            raise ApiError(400, f"item {index} is not an object {shape}")
+        unknown = sorted(set(item) - set(keys))
         if unknown:
             raise ApiError(400, f"item {index} has unknown key(s) {', '.join(map(repr, unknown))}; "
-                                "allowed: store_id, status, timestamp_utc")
+                                f"allowed: {', '.join(keys)}")
         row = []
-        for key in POLL_KEYS:
+        for key in keys:
             value = item.get(key)
             if value is None:
                 value = ""
@@ -308,14 +345,20 @@ def _register_routes(app: Flask) -> None:
             return jsonify({"status": "Failed", "error": job["error"] or "the report failed"})
         if wants_csv():
             return _send_report(job)
+        meta = dict(job["meta"] or {})
+        warnings = meta.pop("warnings", [])
+        meta.pop("reach_minutes", None)  # the job's parameter below is the one the engine was given
         return jsonify({
             "status": "Complete",
+            "file": job["file"],  # the original project's answer: the report's name in reports/
             "download_url": f"/reports/{report_id}.csv",
             "rows": job["rows"],
             "as_of": job["as_of"],
+            "reach_minutes": (job["params"] or {}).get("reach_minutes", _settings().poll_reach_minutes),
+            "warnings": warnings,
             "seconds": job["seconds"],
             "timings": job["timings"] or {},
-            "meta": job["meta"] or {},
+            "meta": meta,
         })
 
     @app.get("/reports/<uuid:report_id>.csv")
@@ -327,37 +370,20 @@ def _register_routes(app: Flask) -> None:
 
     @app.post("/store_status")
     def store_status():
-        raw = request.get_data(cache=False)
-        if not raw.strip():
-            raise ApiError(400, "the request body is empty; send CSV (Content-Type: text/csv) "
-                                "or a JSON list of {store_id, status, timestamp_utc}")
-        mimetype = request.mimetype
-        if not mimetype:
-            mimetype = "application/json" if raw.lstrip()[:1] in (b"[", b"{") else "text/csv"
-        if mimetype == "application/json" or mimetype.endswith("+json"):
-            source = polls_from_json(raw)
-        elif mimetype in CSV_TYPES:
-            source = io.BytesIO(raw)
-        else:
-            raise ApiError(415, f"unsupported Content-Type {mimetype!r}; use text/csv or application/json")
-        try:
-            frame = database.read_table_csv(source, "store_status")
-        except database.LoadError as exc:
-            raise ApiError(400, str(exc)) from None
-        try:
-            summary = database.ingest_store_status(db(), frame, source="<request>")
-        except database.LoadError as exc:
-            raise ApiError(400, str(exc)) from None
-        return jsonify(summary.to_dict())
+        return _ingest_upload("store_status", POLL_KEYS, database.ingest_store_status)
+
+    @app.post("/special_hours")
+    def special_hours():
+        return _ingest_upload("special_hours", SPECIAL_KEYS, database.ingest_special_hours)
 
     @app.get("/health")
     def health():
         jobs = _jobs()
         body = {"status": "ok", "database": "ok",
                 "workers": {"alive": jobs.alive(), "configured": jobs.workers},
-                "queue": {"depth": jobs.depth(), "limit": jobs.queue_limit}}
+                "queue": {"depth": None, "limit": jobs.queue_limit}}
         try:
-            db().execute("SELECT 1").fetchone()
+            body["queue"]["depth"] = jobs.depth(db())  # Queued jobs of every process: read from the table
         except Exception:
             log.exception("health check: database unreachable")
             body["database"] = "unreachable"
@@ -371,6 +397,33 @@ def _register_routes(app: Flask) -> None:
     @app.get("/openapi.json")
     def openapi():
         return jsonify(openapi_document())
+
+
+def _ingest_upload(table: str, keys: tuple[str, ...], ingest) -> Response:
+    """The request body (CSV, or a JSON list of objects with `keys`) loaded by `ingest` in one
+    transaction; the answer is its load summary (`database.TableSummary.to_dict`)."""
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty; send CSV (Content-Type: text/csv) "
+                            "or a JSON list of {" + ", ".join(keys) + "}")
+    mimetype = request.mimetype
+    if not mimetype:
+        mimetype = "application/json" if raw.lstrip()[:1] in (b"[", b"{") else "text/csv"
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        source = rows_from_json(raw, keys)
+    elif mimetype in CSV_TYPES:
+        source = io.BytesIO(raw)
+    else:
+        raise ApiError(415, f"unsupported Content-Type {mimetype!r}; use text/csv or application/json")
+    try:
+        frame = database.read_table_csv(source, table)
+    except database.LoadError as exc:
+        raise ApiError(400, str(exc)) from None
+    try:
+        summary = ingest(db(), frame, source="<request>")
+    except database.LoadError as exc:
+        raise ApiError(400, str(exc)) from None
+    return jsonify(summary.to_dict())
 
 
 def _send_report(job: dict):
@@ -457,9 +510,29 @@ def openapi_document() -> dict:
                     "application/json": {"schema": {"type": "array",
                                                     "items": {"$ref": "#/components/schemas/Poll"}}}}},
                 "responses": {
-                    "200": {"description": "Load summary: rows read, loaded, rejected by reason with examples",
-                            "content": {"application/json": {"schema": {"type": "object",
-                                                                        "additionalProperties": True}}}},
+                    "200": {"description": "Load summary: what each row read did (new, already stored, "
+                                           "changed, conflicting, duplicate, rejected by reason with examples)",
+                            "content": {"application/json": {"schema": {
+                                "$ref": "#/components/schemas/LoadSummary"}}}},
+                    "400": _error("Unusable body: empty, invalid JSON, not a list of objects, missing columns"),
+                    "413": _error("Body too large"),
+                    "415": _error("Content-Type is neither CSV nor JSON"),
+                },
+            }},
+            "/special_hours": {"post": {
+                "summary": "Load special hours (holidays, closures, one-day hours) in one transaction: they "
+                           "replace the stored rows of each (store, date) in the body; other dates are kept",
+                "requestBody": {"required": True, "content": {
+                    "text/csv": {"schema": {"type": "string", "description": (
+                        "Header store_id,date,start_time_local,end_time_local; both times empty = closed")}},
+                    "application/json": {"schema": {"type": "array",
+                                                    "items": {"$ref": "#/components/schemas/SpecialHours"}}}}},
+                "responses": {
+                    "200": {"description": "Load summary: new, already stored, duplicates, rejected by reason "
+                                           "(empty store_id, bad date, one time empty, time outside "
+                                           "00:00:00..23:59:59) with examples, and the stored rows removed",
+                            "content": {"application/json": {"schema": {
+                                "$ref": "#/components/schemas/LoadSummary"}}}},
                     "400": _error("Unusable body: empty, invalid JSON, not a list of objects, missing columns"),
                     "413": _error("Body too large"),
                     "415": _error("Content-Type is neither CSV nor JSON"),
@@ -489,14 +562,28 @@ def openapi_document() -> dict:
                 "store_ids": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
                               "description": "Only these stores (default: all)"},
                 "columns": {"type": "string", "enum": list(COLUMN_SETS), "default": "standard"},
+                "reach_minutes": {"type": "integer", "minimum": 1, "maximum": MAX_REACH_MINUTES, "nullable": True,
+                                  "description": "How far a poll speaks on either side of it, in minutes; "
+                                                 "null = unbounded (classic nearest poll). Default: the "
+                                                 "service's SM_POLL_REACH_MINUTES (120)."},
             }},
             "ReportRunning": {"type": "object", "required": ["status", "progress"], "properties": {
                 "status": {"type": "string", "enum": ["Running"]},
                 "progress": {"type": "number", "minimum": 0, "maximum": 1}}},
             "ReportComplete": {"type": "object",
-                               "required": ["status", "download_url", "rows", "as_of", "seconds"],
+                               "required": ["status", "file", "download_url", "rows", "as_of", "reach_minutes",
+                                            "warnings", "seconds"],
                                "properties": {
                                    "status": {"type": "string", "enum": ["Complete"]},
+                                   "file": {"type": "string", "description": "The report's file name"},
+                                   "reach_minutes": {"type": "integer", "nullable": True,
+                                                     "description": "The reach used; null = unbounded"},
+                                   "warnings": {"type": "array", "items": {
+                                       "type": "object", "required": ["code", "message"],
+                                       "properties": {"code": {"type": "string"}, "message": {"type": "string"},
+                                                      "count": {"type": "integer"},
+                                                      "examples": {"type": "array", "items": {"type": "string"}},
+                                                      "first_poll": {"type": "string"}}}},
                                    "download_url": {"type": "string", "example": "/reports/<id>.csv"},
                                    "rows": {"type": "integer"},
                                    "as_of": {"type": "string", "format": "date-time"},
@@ -511,6 +598,7 @@ def openapi_document() -> dict:
                                            "stores": {"type": "integer"},
                                            "stores_without_timezone": {"type": "integer"},
                                            "stores_with_unknown_timezone": {"type": "integer"},
+                                           "stores_without_polls_this_week": {"type": "integer"},
                                            "default_timezone": {"type": "string"}}}}},
             "ReportFailed": {"type": "object", "required": ["status", "error"], "properties": {
                 "status": {"type": "string", "enum": ["Failed"]}, "error": {"type": "string"}}},
@@ -519,12 +607,47 @@ def openapi_document() -> dict:
                          "store_id": {"type": "string"},
                          "status": {"type": "string", "enum": ["active", "inactive"]},
                          "timestamp_utc": {"type": "string", "example": "2023-01-22 12:09:39.388884 UTC"}}},
+            "SpecialHours": {"type": "object", "required": ["store_id", "date"],
+                             "additionalProperties": False, "properties": {
+                                 "store_id": {"type": "string"},
+                                 "date": {"type": "string", "format": "date", "example": "2023-12-25",
+                                          "description": "The store's local calendar date"},
+                                 "start_time_local": {"type": "string", "nullable": True, "example": "12:00:00",
+                                                      "description": "Null or absent with end_time_local: closed"},
+                                 "end_time_local": {"type": "string", "nullable": True, "example": "14:00:00"}}},
+            "LoadSummary": {
+                "type": "object",
+                "description": "Every row read lands in exactly one of new, already_stored, changed, conflicting, "
+                               "duplicates and rejected (their counts add up to read). removed is not a row "
+                               "read: stored rows the body replaced and does not have. loaded (for older "
+                               "clients) = read - rejected - duplicates.",
+                "properties": {
+                    "table": {"type": "string"}, "source": {"type": "string"},
+                    "read": {"type": "integer", "description": "Data rows read"},
+                    "new": {"type": "integer", "description": "Rows the database did not have"},
+                    "already_stored": {"type": "integer", "description": "Identical to a stored row"},
+                    "changed": {"type": "integer", "description": (
+                        "store_status: stored active polls made inactive (inactive wins); timezones: stores "
+                        "whose zone changed")},
+                    "conflicting": {"type": "integer", "description": (
+                        "store_status: active rows at an instant that is inactive (stored, or in the body); "
+                        "inactive wins, so they change nothing")},
+                    "duplicates": {"type": "integer", "description": "Repeats of an earlier row of the body"},
+                    "rejected": {"type": "object", "additionalProperties": {"type": "integer"},
+                                 "description": "Reason -> count"},
+                    "examples": {"type": "object", "additionalProperties": {"type": "string"},
+                                 "description": "Reason -> one rejected row with its line (or row) number"},
+                    "removed": {"type": "integer", "description": (
+                        "special_hours / business_hours: stored rows of the body's (store, date) pairs / "
+                        "stores that the body replaced")},
+                    "loaded": {"type": "integer", "description": "read - rejected - duplicates (older clients)"},
+                    "seconds": {"type": "number"}}},
             "Health": {"type": "object", "properties": {
                 "status": {"type": "string", "enum": ["ok", "unhealthy"]},
                 "database": {"type": "string"},
                 "workers": {"type": "object", "properties": {"alive": {"type": "integer"},
                                                              "configured": {"type": "integer"}}},
-                "queue": {"type": "object", "properties": {"depth": {"type": "integer"},
+                "queue": {"type": "object", "properties": {"depth": {"type": "integer", "nullable": True},
                                                            "limit": {"type": "integer"}}}}},
         }},
     }
@@ -536,28 +659,89 @@ def openapi_document() -> dict:
 
 # --- entry point ------------------------------------------------------------------------------------
 
-def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+
+def serving_message(settings: Settings, server: str) -> str:
+    return (f"serving on http://{settings.host}:{settings.port} with {server} (database {settings.database_path}, "
+            f"{settings.workers} report workers per process, queue limit {settings.queue_limit}, "
+            f"job lease {settings.job_lease_seconds} s)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python app.py`: the production server, as `make run` (gunicorn with `gunicorn.conf.py`).
+    `--dev`: Flask's development server in this one process, for debugging only.
+    `--prepare`: create the schema and load the first-start data, then exit (gunicorn's master runs it
+    before it starts its workers)."""
+    parser = argparse.ArgumentParser(prog="app.py", description="store-monitoring HTTP service")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dev", action="store_true",
+                      help="Flask's development server in this one process (debugging only)")
+    mode.add_argument("--prepare", action="store_true",
+                      help="create the schema and load the first-start data, then exit")
+    args = parser.parse_args(argv)
+    if not (args.dev or args.prepare):
+        config = Path(__file__).resolve().parent / "gunicorn.conf.py"
+        os.execv(sys.executable, [sys.executable, "-m", "gunicorn", "--config", str(config)])
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         settings = Settings.from_env()
     except ValueError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.prepare:
+        try:
+            log.info("%s", prepare_database(settings))
+        except sqlite3.Error as exc:
+            print(f"cannot use the database {settings.database_path} (SM_DATABASE): {exc}", file=sys.stderr)
+            return 2
+        except database.LoadError as exc:
+            print(f"cannot load the data in {settings.data_dir} (SM_DATA_DIR): {exc}", file=sys.stderr)
+            return 2
+        return 0
+    return _serve_dev(settings)
+
+
+def _serve_dev(settings: Settings) -> int:
+    """Flask's development server. The port is bound first: if it is taken, nothing else happens (no
+    data load, no report worker that could take jobs from the server already running)."""
+    import signal
+
+    from werkzeug.serving import make_server
+
+    try:
+        server = make_server(settings.host, settings.port, _not_ready, threaded=True)
+    except SystemExit:  # werkzeug has printed why (e.g. the port is in use)
+        print(f"cannot serve on {settings.host}:{settings.port} (SM_HOST, SM_PORT); nothing was started",
+              file=sys.stderr)
+        return 2
     try:
         app = create_app(settings, load_data=True)
-    except sqlite3.Error as exc:
-        print(f"cannot use the database {settings.database_path} (SM_DATABASE): {exc}", file=sys.stderr)
+    except (sqlite3.Error, database.LoadError) as exc:
+        server.server_close()
+        where = "use the database" if isinstance(exc, sqlite3.Error) else "load the data"
+        print(f"cannot {where} ({settings.database_path}, {settings.data_dir}): {exc}", file=sys.stderr)
         return 2
-    except database.LoadError as exc:
-        print(f"cannot load the data in {settings.data_dir} (SM_DATA_DIR): {exc}", file=sys.stderr)
-        return 2
-    log.info("serving on http://%s:%d (database %s, %d workers, queue limit %d)", settings.host,
-             settings.port, settings.database_path, settings.workers, settings.queue_limit)
+    server.app = app
+
+    def stop(signum, frame):  # SIGTERM as Ctrl-C: stop serving, let running reports finish
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    log.info("%s", serving_message(settings, "Flask's development server (debugging only)"))
     try:
-        app.run(host=settings.host, port=settings.port, threaded=True, use_reloader=False)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
     finally:
+        server.server_close()
         shutdown(app)
     return 0
+
+
+def _not_ready(environ, start_response):  # replaced by the app before the server serves anything
+    start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [b"starting\n"]
 
 
 if __name__ == "__main__":

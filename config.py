@@ -32,6 +32,7 @@ class Settings:
     workers: int = 2
     queue_limit: int = 16
     poll_reach_minutes: int | None = DEFAULT_REACH_MINUTES  # a report's reach unless it asks; None = unbounded
+    report_retention_days: float = 7.0  # finished reports (rows and files) older than this are deleted
     web_workers: int = 2          # gunicorn worker processes (`make run`); each runs `workers` report threads
     web_threads: int = 4          # request threads per web worker process
     job_lease_seconds: int = 30   # a running job's claim; renewed every third of it, taken over once expired
@@ -47,6 +48,7 @@ class Settings:
         "workers": "SM_WORKERS",
         "queue_limit": "SM_QUEUE_LIMIT",
         "poll_reach_minutes": "SM_POLL_REACH_MINUTES",
+        "report_retention_days": "SM_REPORT_RETENTION_DAYS",
         "web_workers": "SM_WEB_WORKERS",
         "web_threads": "SM_WEB_THREADS",
         "job_lease_seconds": "SM_JOB_LEASE_SECONDS",
@@ -79,6 +81,13 @@ class Settings:
                 values[field] = number
             elif field == "poll_reach_minutes":
                 values[field] = parse_reach(raw, key)
+            elif field == "report_retention_days":
+                try:
+                    values[field] = float(raw)
+                except ValueError:
+                    raise ValueError(f"{key} must be a number of days, got {raw!r}") from None
+                if not values[field] > 0:
+                    raise ValueError(f"{key} must be more than 0 days, got {raw!r}")
             elif field.endswith(("_path", "_dir")):
                 values[field] = Path(raw).expanduser()
             else:

@@ -1,27 +1,42 @@
-"""Report jobs: a bounded queue and a pool of worker threads that run `generate_report`.
+"""Report jobs: worker threads that claim jobs from the `reports` table and run `generate_report`.
 
-The `reports` table (see `database.py`) is the source of truth; the in-memory queue only holds report
-ids. A job's life: `submit()` inserts a Queued row and enqueues its id; a worker marks it Running
-(`attempts + 1`), runs the report into `reports_dir/<id>.csv` and marks it Complete or Failed.
+The `reports` table (see `database.py`) is the queue, shared by every process serving the database. A
+job's life: `submit()` inserts a Queued row (refused with `QueueFull` while `queue_limit` jobs are Queued,
+counted in the table, so the limit holds for all processes together) and wakes this process's workers. A
+worker claims the oldest waiting job with one UPDATE inside BEGIN IMMEDIATE (`database.claim_report_job`),
+so exactly one thread of one process gets it: the job becomes Running, owned by this pool, under a lease of
+`job_lease_seconds`, and its `attempts` grows by one. A heartbeat thread renews the leases of the jobs this
+pool is running every third of the lease. The report is written to a file of its own attempt; recording
+the end checks that this pool still holds the job and renames the file to `reports_dir/<id>.csv` in the
+same transaction, so a run that lost its lease (its job was taken over) changes nothing.
 
-Durability: a job the process never finished (crash, kill, stop while queued) is still Queued or Running
-in the table. `recover()` (called by `start()`) enqueues such jobs again, except a job whose attempts
-already reached `MAX_ATTEMPTS`: it was re-run once after an interruption and interrupted again, so it is
-marked Failed instead of being retried forever.
+Workers poll the table every `POLL_INTERVAL` seconds (a submission in the same process wakes them at once),
+so a job triggered through one process may run in another.
+
+Durability: a job whose process died stays Running until its lease runs out; then any live process claims
+it again, at most once more: a job whose attempts already reached `MAX_ATTEMPTS` was re-run once after an
+interruption and interrupted again, so it is marked Failed (`INTERRUPTED_ERROR`) instead of being retried
+forever. No process takes a job whose lease is live, at start-up or later. Each claim is logged in the
+`report_attempts` table (who ran it, how it ended).
 
 Errors: a `report_generator.ReportError` is a data problem with a message written for users; it is
 stored as the job's error. Anything else is a bug or an environment problem: the traceback goes to the
 server log and the job gets a generic message naming the report id (never a stack trace).
 
 Threads: reports run in the worker threads themselves. The engine spends most of its time in SQLite
-and NumPy, which release the GIL, so requests stay responsive while a report runs. Each worker has its
-own SQLite connection. `close()` stops the workers (an event plus one
-sentinel per worker) and joins them; a job a worker had not started stays Queued for the next start.
+and NumPy, which release the GIL, so requests stay responsive while a report runs. Each worker and the
+heartbeat have their own SQLite connection. `stop_taking()` makes the workers take no further job (a
+SIGTERM handler calls it); `close()` does the same, lets running reports finish (up to a timeout) and joins
+the threads. A job no worker had started stays Queued for any process.
 """
 from __future__ import annotations
 
+import errno
 import logging
-import queue
+import os
+import re
+import secrets
+import socket
 import threading
 import time
 import uuid
@@ -38,7 +53,16 @@ log = logging.getLogger("store_monitoring.jobs")
 MAX_ATTEMPTS = 2                # a job is run at most twice: once, and once more after an interruption
 PROGRESS_MIN_STEP = 0.01        # progress writes are throttled: at least this much change ...
 PROGRESS_MIN_INTERVAL = 0.25    # ... or this many seconds since the last write
-_STOP = object()                # queue sentinel
+POLL_INTERVAL = 0.5             # an idle worker looks for a job in the table this often (seconds)
+SWEEP_INTERVAL = 3600           # old reports and stray files are removed at start and this often (seconds)
+# Files a report leaves in reports_dir: the report, a run's own file, the engine's temporary file of it.
+REPORT_FILE_RE = re.compile(r"(?P<id>[0-9a-f-]{36})\.csv")
+ATTEMPT_FILE_RE = re.compile(r"\.{1,2}(?P<id>[0-9a-f-]{36})\.attempt-(?P<attempt>\d+)\.csv(\..*\.tmp)?")
+# A run that fails for want of disk space or permission says so (the operator can act on it).
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+               errno.EROFS: "the reports folder is on a read-only file system",
+               errno.EACCES: "the service may not write to the reports folder",
+               errno.EPERM: "the service may not write to the reports folder"}
 
 INTERRUPTED_ERROR = ("The report was interrupted twice (the service stopped while it was running) "
                      "and was not retried again; please trigger a new report.")
@@ -63,12 +87,12 @@ def report_file_name(report_id: str) -> str:
 
 
 class ReportJobs:
-    """Worker pool for report jobs.
+    """Worker pool for report jobs: `settings.workers` threads claiming jobs from the shared job table.
 
     `generate` defaults to `report_generator.generate_report` (looked up when each job runs, so tests
     can monkeypatch it); it is called as `generate(database_path, out_path, as_of=..., store_ids=...,
-    extended=..., default_timezone=..., progress=...)` and returns an outcome with `rows`, `as_of`,
-    `seconds`, `timings`.
+    extended=..., reach_minutes=..., default_timezone=..., progress=...)` (plus any other parameter stored
+    with the job, by its name) and returns an outcome with `rows`, `as_of`, `seconds`, `timings`, `meta`.
     """
 
     def __init__(self, settings, *, generate: Callable | None = None, logger: logging.Logger | None = None):
@@ -77,157 +101,297 @@ class ReportJobs:
         self.reports_dir = Path(settings.reports_dir)
         self.workers = int(settings.workers)
         self.queue_limit = int(settings.queue_limit)
+        self.lease_seconds = float(settings.job_lease_seconds)
+        self.poll_interval = POLL_INTERVAL
+        self.owner: str | None = None  # "host:pid:token", set by start() (in the process that runs the jobs)
         self._generate = generate
         self.log = logger or log
-        # Unbounded on purpose: recovery may enqueue more than queue_limit old jobs, and sentinels must
-        # never block. The limit applies to new submissions (checked under the lock in `submit`).
-        self._queue: queue.Queue = queue.Queue()
+        self._wake = threading.Event()       # set by submit() and close(): look at the table now
+        self._stop = threading.Event()       # take no further job
+        self._heartbeat_stop = threading.Event()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._active: set[str] = set()       # jobs this pool is running (their leases are renewed)
         self._threads: list[threading.Thread] = []
+        self._heartbeat: threading.Thread | None = None
         self._started = False
         self._recovered = False
+        self._last_sweep = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> "ReportJobs":
-        """Recover unfinished jobs (unless `recover()` already ran), then start the worker threads."""
+        """Sweep the table once (`recover()`, unless it already ran), then start the worker threads and
+        the lease heartbeat."""
         if self._started:
             return self
         self.reports_dir.mkdir(parents=True, exist_ok=True)
         if not self._recovered:
             self.recover()
+        self.sweep()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._stop.clear()
+        self._heartbeat_stop.clear()
         for n in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"report-worker-{n}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self._heartbeat = threading.Thread(target=self._renew_leases, name="report-worker-lease", daemon=True)
+        self._heartbeat.start()
         self._started = True
+        self.log.info("report workers started: %d threads as %s (lease %g s)", self.workers, self.owner,
+                      self.lease_seconds)
         return self
 
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop the workers after their current job and join them. Idempotent."""
+    def stop_taking(self) -> None:
+        """Take no further job (running reports go on). Safe to call from a signal handler."""
         self._stop.set()
-        for _ in self._threads:
-            self._queue.put(_STOP)
+        self._wake.set()
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Take no further job, let running reports finish for up to `timeout` seconds, join the threads.
+
+        A report still running then keeps its row Running; its lease is no longer renewed, so once it runs
+        out another process takes the job over. Idempotent."""
+        self.stop_taking()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             thread.join(remaining)
             if thread.is_alive():
                 self.log.warning("worker %s did not stop within %s s", thread.name, timeout)
+        with self._lock:
+            unfinished = sorted(self._active)
+        if unfinished:
+            self.log.warning("reports still running at stop: %s; their leases run out in %g s, then another "
+                             "process takes them over", ", ".join(unfinished), self.lease_seconds)
+        self._heartbeat_stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(10)
+            self._heartbeat = None
+        if self._started:
+            self.log.info("report workers stopped (%s)", self.owner)
         self._threads = [t for t in self._threads if t.is_alive()]
         self._started = False
 
     def recover(self) -> dict[str, list[str]]:
-        """Re-enqueue jobs left Queued/Running; fail those already interrupted `MAX_ATTEMPTS - 1` times."""
-        requeued, failed = [], []
+        """Sweep the job table: fail the jobs a dead process left after their last allowed attempt.
+
+        Returns the ids of the jobs waiting for a worker ("requeued": Queued, or Running under a lease that
+        ran out, so any worker of any process will claim them) and of those marked Failed ("failed"). Jobs
+        Running under a live lease belong to a live process and are left alone. Nothing is held in memory:
+        the workers find the waiting jobs in the table (and fail exhausted ones the same way later on).
+        """
         self._recovered = True
+        requeued, failed = [], []
         conn = database.connect(self.database_path)
         try:
-            for job in database.unfinished_report_jobs(conn):
-                report_id = job["report_id"]
-                if job["attempts"] >= MAX_ATTEMPTS:
-                    database.mark_report_failed(conn, report_id, INTERRUPTED_ERROR)
-                    failed.append(report_id)
-                else:
-                    self._queue.put(report_id)
-                    requeued.append(report_id)
+            with database.transaction(conn):
+                for job in database.waiting_report_jobs(conn):
+                    if job["status"] == "Running" and job["attempts"] >= MAX_ATTEMPTS:
+                        database.mark_report_failed(conn, job["report_id"], INTERRUPTED_ERROR)
+                        failed.append(job["report_id"])
+                    else:
+                        requeued.append(job["report_id"])
         finally:
             conn.close()
         if requeued or failed:
-            self.log.info("recovered report jobs: %d re-queued, %d failed after a second interruption",
+            self.log.info("report jobs waiting for a worker: %d; %d failed after a second interruption",
                           len(requeued), len(failed))
         return {"requeued": requeued, "failed": failed}
+
+    def sweep(self) -> dict[str, int]:
+        """Delete the reports that finished more than `report_retention_days` ago (rows and files), and
+        the files no job needs: a run's files left by a killed process, reports whose job is gone.
+        Files of runs going on under a live lease, in any process, are kept. Returns what was removed."""
+        cutoff = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=self.settings.report_retention_days)
+        conn = database.connect(self.database_path)
+        try:
+            expired = database.finished_report_jobs_before(conn, iso_utc(cutoff))
+            for report_id in expired:
+                self.delete(report_id, conn=conn)
+            live = database.live_report_attempts(conn)
+            known = {row[0] for row in conn.execute("SELECT report_id FROM reports")}
+        finally:
+            conn.close()
+        stray = 0
+        for path in self.reports_dir.iterdir():
+            report = REPORT_FILE_RE.fullmatch(path.name)
+            attempt = ATTEMPT_FILE_RE.fullmatch(path.name)
+            if (report and report["id"] not in known) or (
+                    attempt and (attempt["id"], int(attempt["attempt"])) not in live):
+                path.unlink(missing_ok=True)
+                stray += 1
+        if expired or stray:
+            self.log.info("sweep: %d reports older than %g days deleted, %d stray files removed", len(expired),
+                          self.settings.report_retention_days, stray)
+        self._last_sweep = time.monotonic()
+        return {"expired": len(expired), "stray_files": stray}
+
+    def delete(self, report_id: str, conn=None) -> bool:
+        """Remove a job and its report file; False if there was no such job."""
+        own = conn is None
+        conn = database.connect(self.database_path) if own else conn
+        try:
+            job = database.delete_report_job(conn, report_id)
+        finally:
+            if own:
+                conn.close()
+        if job is None:
+            return False
+        (self.reports_dir / report_file_name(report_id)).unlink(missing_ok=True)
+        self.log.info("report %s deleted (%s)", report_id, job["status"])
+        return True
 
     # --- API used by the HTTP layer -------------------------------------------------------------
 
     def submit(self, params: dict, conn=None) -> str:
-        """Record a new Queued job and enqueue it; returns its id. Raises `QueueFull`."""
+        """Record a new Queued job and wake the workers; returns its id. Raises `QueueFull`."""
         report_id = str(uuid.uuid4())
-        with self._lock:
-            if self._queue.qsize() >= self.queue_limit:
-                raise QueueFull(self.queue_limit)
-            own = conn is None
-            conn = database.connect(self.database_path) if own else conn
-            try:
+        own = conn is None
+        conn = database.connect(self.database_path) if own else conn
+        try:
+            with database.transaction(conn):  # the count and the insert are one step for all processes
+                if database.count_queued_report_jobs(conn) >= self.queue_limit:
+                    raise QueueFull(self.queue_limit)
                 database.create_report_job(conn, report_id, params)
-            finally:
-                if own:
-                    conn.close()
-            self._queue.put(report_id)
+        finally:
+            if own:
+                conn.close()
+        self._wake.set()
         return report_id
 
-    def depth(self) -> int:
-        """Jobs waiting for a worker (not counting running ones)."""
-        return self._queue.qsize()
+    def depth(self, conn=None) -> int:
+        """Jobs waiting for their first run (Queued), in every process on this database."""
+        own = conn is None
+        conn = database.connect(self.database_path) if own else conn
+        try:
+            return database.count_queued_report_jobs(conn)
+        finally:
+            if own:
+                conn.close()
 
     def alive(self) -> int:
         return sum(t.is_alive() for t in self._threads)
 
     @property
     def running(self) -> bool:
-        return self._started and not self._stop.is_set()
+        heartbeat = self._heartbeat is not None and self._heartbeat.is_alive()
+        return self._started and not self._stop.is_set() and heartbeat
 
     # --- worker ---------------------------------------------------------------------------------
 
     def _work(self) -> None:
         conn = database.connect(self.database_path)
         try:
-            while True:
-                item = self._queue.get()
-                if item is _STOP or self._stop.is_set():
-                    # A job taken after stop stays Queued in the table; the next start re-queues it.
-                    return
+            while not self._stop.is_set():
                 try:
-                    self._run(conn, item)
+                    job = database.claim_report_job(conn, self.owner, self.lease_seconds,
+                                                    max_attempts=MAX_ATTEMPTS, exhausted_error=INTERRUPTED_ERROR)
+                except Exception:  # e.g. the database stayed locked past the busy timeout: try again later
+                    self.log.warning("could not look for report jobs; trying again", exc_info=True)
+                    job = None
+                if job is None:
+                    self._wake.wait(self.poll_interval)
+                    self._wake.clear()
+                    continue
+                try:
+                    self._run(conn, job)
                 except Exception:  # never let a worker die: log, and keep serving the queue
-                    self.log.exception("report worker failed while handling report %s", item)
+                    self.log.exception("report worker failed while handling report %s", job["report_id"])
         finally:
             conn.close()
 
-    def _run(self, conn, report_id: str) -> None:
-        job = database.get_report_job(conn, report_id)
-        if job is None or job["status"] not in ("Queued", "Running"):
-            return
-        database.mark_report_running(conn, report_id)
-        # From here on every way out records an end: a job must never stay Running until a restart.
+    def _run(self, conn, job: dict) -> None:
+        report_id, attempt = job["report_id"], job["attempts"]
+        part = self.reports_dir / f".{report_id}.attempt-{attempt}.csv"
+        with self._lock:
+            self._active.add(report_id)
+        self.log.info("report %s started: attempt %d in %s", report_id, attempt, self.owner)
+        # From here on every way out records an end: a job must never stay Running while its lease is renewed.
         try:
-            self._generate_and_record(conn, report_id, job["params"] or {})
-        except Exception as exc:
-            if isinstance(exc, report_generator.ReportError):
-                message = str(exc) or "the report could not be generated from the current data"
-                self.log.info("report %s failed: %s", report_id, message)
-            else:
-                self.log.exception("report %s failed with an unexpected error", report_id)
-                message = internal_error_message(report_id)
-            database.mark_report_failed(conn, report_id, message)
+            try:
+                held = self._generate_and_record(conn, report_id, job["params"] or {}, part)
+            except Exception as exc:
+                if isinstance(exc, report_generator.ReportError):
+                    message = str(exc) or "the report could not be generated from the current data"
+                    self.log.info("report %s failed: %s", report_id, message)
+                elif isinstance(exc, OSError) and exc.errno in DISK_ERRORS:
+                    message = (f"The report could not be written: {DISK_ERRORS[exc.errno]} "
+                               f"({os.strerror(exc.errno)}); please tell the operator.")
+                    self.log.error("report %s failed: %s: %s", report_id, message, exc)
+                else:
+                    self.log.exception("report %s failed with an unexpected error", report_id)
+                    message = internal_error_message(report_id)
+                held = database.mark_report_failed(conn, report_id, message, owner=self.owner)
+            if not held:
+                self.log.warning("report %s: attempt %d lost its lease (another process took the job over); "
+                                 "its result was discarded", report_id, attempt)
+        finally:
+            with self._lock:
+                self._active.discard(report_id)
+            part.unlink(missing_ok=True)
 
-    def _generate_and_record(self, conn, report_id: str, params: dict) -> None:
+    def _generate_and_record(self, conn, report_id: str, params: dict, part: Path) -> bool:
+        """Run the report into `part`, then record it and move the file into place in one transaction.
+        Returns False (and changes nothing) when this pool no longer holds the job."""
         file_name = report_file_name(report_id)
         generate = self._generate or report_generator.generate_report
-        outcome = generate(self.database_path, self.reports_dir / file_name,
-                           as_of=_as_timestamp(params.get("as_of")), store_ids=params.get("store_ids"),
-                           extended=params.get("columns") == "extended",
+        outcome = generate(self.database_path, part, **self._engine_arguments(params),
                            default_timezone=self.settings.default_timezone,
-                           progress=_ProgressWriter(conn, report_id, self.log))
-        database.mark_report_complete(
-            conn, report_id,
-            file=file_name,
-            rows=int(outcome.rows),
-            as_of=iso_utc(outcome.as_of),
-            seconds=round(float(outcome.seconds), 6),
-            timings={k: round(float(v), 6) for k, v in (outcome.timings or {}).items()},
-            meta=outcome.meta,
-        )
+                           progress=_ProgressWriter(conn, report_id, self.log, owner=self.owner))
+        record = dict(file=file_name, rows=int(outcome.rows), as_of=iso_utc(outcome.as_of),
+                      seconds=round(float(outcome.seconds), 6),
+                      timings={k: round(float(v), 6) for k, v in (outcome.timings or {}).items()},
+                      meta=outcome.meta)
+        with database.transaction(conn):
+            if not database.mark_report_complete(conn, report_id, owner=self.owner, **record):
+                return False
+            os.replace(part, self.reports_dir / file_name)  # the file appears with the row that names it
         self.log.info("report %s complete: %d rows in %.2f s", report_id, outcome.rows, outcome.seconds)
+        return True
+
+    def _engine_arguments(self, params: dict) -> dict:
+        """The engine's keyword arguments from a job's stored parameters: `as_of` as a UTC Timestamp,
+        `columns` as `extended`; every other parameter is passed on under its own name."""
+        arguments = {key: value for key, value in params.items() if key not in ("as_of", "columns")}
+        arguments["as_of"] = _as_timestamp(params.get("as_of"))
+        arguments.setdefault("store_ids", None)
+        arguments["extended"] = params.get("columns") == "extended"
+        # Resolved when the job was triggered; jobs stored before reach existed use the setting.
+        arguments.setdefault("reach_minutes", self.settings.poll_reach_minutes)
+        return arguments
+
+    def _renew_leases(self) -> None:
+        """Heartbeat: every third of the lease, extend the leases of the jobs this pool is running."""
+        conn = database.connect(self.database_path)
+        try:
+            while not self._heartbeat_stop.wait(self.lease_seconds / 3):
+                if time.monotonic() - self._last_sweep > SWEEP_INTERVAL:
+                    try:
+                        self.sweep()
+                    except Exception:  # the next interval tries again
+                        self.log.warning("could not sweep old reports", exc_info=True)
+                with self._lock:
+                    active = sorted(self._active)
+                if not active:
+                    continue
+                try:
+                    held = database.renew_report_leases(conn, self.owner, active, self.lease_seconds)
+                except Exception:  # the next beat tries again; the lease has two more beats to run
+                    self.log.warning("could not renew the leases of reports %s", ", ".join(active), exc_info=True)
+                    continue
+                if held < len(active):
+                    self.log.warning("%d of the reports %s are no longer held by this process (lease lost)",
+                                     len(active) - held, ", ".join(active))
+        finally:
+            conn.close()
 
 
 class _ProgressWriter:
     """The `progress` callback: clamps to 0..1 and throttles writes to the job row."""
 
-    def __init__(self, conn, report_id: str, logger: logging.Logger):
-        self.conn, self.report_id, self.log = conn, report_id, logger
+    def __init__(self, conn, report_id: str, logger: logging.Logger, owner: str | None = None):
+        self.conn, self.report_id, self.log, self.owner = conn, report_id, logger, owner
         self.last_value = 0.0
         self.last_time = 0.0
 
@@ -240,7 +404,7 @@ class _ProgressWriter:
         if value - self.last_value < PROGRESS_MIN_STEP and now - self.last_time < PROGRESS_MIN_INTERVAL:
             return
         try:
-            database.set_report_progress(self.conn, self.report_id, value)
+            database.set_report_progress(self.conn, self.report_id, value, owner=self.owner)
         except Exception:  # progress is advisory; a busy database must not fail the report
             self.log.warning("could not record progress of report %s", self.report_id, exc_info=True)
             return

@@ -683,7 +683,7 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
     loaded = time.perf_counter()
     report(0.5)
     frame = compute_report(inputs.polls, inputs.business_hours, inputs.timezones, inputs.now,
-                           special_hours=getattr(inputs, "special_hours", None), reach_minutes=reach_minutes,
+                           special_hours=inputs.special_hours, reach_minutes=reach_minutes,
                            default_timezone=default_timezone, store_ids=store_ids, extended=extended)
     computed = time.perf_counter()
     report(0.9)

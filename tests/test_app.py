@@ -12,6 +12,7 @@ import re
 import threading
 import time
 import uuid
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pandas as pd
@@ -92,8 +93,8 @@ class FakeEngine:
         self.calls = []
 
     def __call__(self, database_path, out_path, *, as_of=None, store_ids=None, extended=False,
-                 default_timezone="America/Chicago", progress=None):
-        self.calls.append(dict(as_of=as_of, store_ids=store_ids, extended=extended))
+                 reach_minutes=120, default_timezone="America/Chicago", progress=None):
+        self.calls.append(dict(as_of=as_of, store_ids=store_ids, extended=extended, reach_minutes=reach_minutes))
         self.started.release()
         if progress:
             progress(0.25)
@@ -147,8 +148,8 @@ def test_trigger_poll_download_with_fake_engine(make_app, settings):
     report_id = response.get_json()["report_id"]
     assert response.headers["Location"] == f"/get_report?report_id={report_id}"
     body = poll(client, report_id)
-    assert body == {"status": "Complete", "download_url": f"/reports/{report_id}.csv", "rows": 1,
-                    "as_of": "2023-01-25T18:13:22Z", "seconds": 0.5,
+    assert body == {"status": "Complete", "file": f"{report_id}.csv", "download_url": f"/reports/{report_id}.csv",
+                    "rows": 1, "as_of": "2023-01-25T18:13:22Z", "reach_minutes": 120, "warnings": [], "seconds": 0.5,
                     "timings": {"load": 0.2, "compute": 0.2, "write": 0.1},
                     "meta": {"stores": 1, "stores_with_unknown_timezone": 0}}
     download = client.get(body["download_url"])
@@ -166,7 +167,7 @@ def test_trigger_poll_download_with_fake_engine(make_app, settings):
     as_json = client.get("/get_report", query_string={"report_id": report_id},
                          headers={"Accept": "text/html,application/json;q=0.9,*/*;q=0.8"})
     assert as_json.get_json()["status"] == "Complete"
-    assert engine.calls == [dict(as_of=None, store_ids=None, extended=False)]
+    assert engine.calls == [dict(as_of=None, store_ids=None, extended=False, reach_minutes=120)]
 
 
 def test_trigger_parameters_reach_the_engine(make_app):
@@ -184,7 +185,27 @@ def test_trigger_parameters_reach_the_engine(make_app):
     ]
     for body, as_of, store_ids, extended in cases:
         assert poll(client, trigger(client, body))["status"] == "Complete"
-        assert engine.calls[-1] == dict(as_of=as_of, store_ids=store_ids, extended=extended), body
+        assert engine.calls[-1] == dict(as_of=as_of, store_ids=store_ids, extended=extended,
+                                        reach_minutes=120), body
+    # reach_minutes: absent = the service setting (120), null = unbounded, else the minutes given.
+    for body, reach in [({"reach_minutes": None}, None), ({"reach_minutes": 45}, 45),
+                        ({"reach_minutes": 10080}, 10080), ({}, 120)]:
+        body = poll(client, trigger(client, body))
+        assert body["status"] == "Complete" and engine.calls[-1]["reach_minutes"] == reach
+
+
+def test_reach_setting_is_the_default_of_triggers(make_app, settings):
+    engine = FakeEngine()
+    client = make_app(replace(settings, poll_reach_minutes=None), generate=engine).test_client()
+    poll(client, trigger(client, {}))
+    assert engine.calls[-1]["reach_minutes"] is None
+
+
+@pytest.mark.parametrize("reach", [0, -1, 10081, 1.5, "60", True, [60]])
+def test_bad_reach_minutes_is_400(make_app, reach):
+    client = make_app(generate=FakeEngine()).test_client()
+    response = client.post("/trigger_report", json={"reach_minutes": reach})
+    assert response.status_code == 400 and "reach_minutes" in response.get_json()["error"]
 
 
 def test_empty_and_null_bodies_are_accepted(make_app):
@@ -220,10 +241,7 @@ def test_report_error_is_shown_to_the_user(make_app):
     client = make_app(generate=FakeEngine(error=error)).test_client()
     assert poll(client, trigger(client)) == {"status": "Failed", "error": str(error)}
 
-
 def test_queue_full_answers_429_with_retry_after(make_app, settings):
-    from dataclasses import replace
-
     release = threading.Event()
     engine = FakeEngine(block=release)
     client = make_app(replace(settings, workers=1, queue_limit=2), generate=engine).test_client()
@@ -477,6 +495,79 @@ def test_store_status_csv_and_json(make_app, settings):
     assert poll_count(settings) == 4
 
 
+def test_store_status_answer_says_what_was_stored(make_app, settings):
+    client = make_app(start_workers=False).test_client()
+    body = ("store_id,status,timestamp_utc\n"
+            "s1,active,2023-01-22 12:00:00 UTC\ns1,active,2023-01-22 13:00:00 UTC\n"
+            "s1,active,2023-01-22 12:00:00 UTC\n")
+    first = client.post("/store_status", data=body, content_type="text/csv").get_json()
+    assert {k: first[k] for k in ("read", "new", "already_stored", "changed", "conflicting", "duplicates",
+                                  "rejected", "removed", "loaded")} == {
+        "read": 3, "new": 2, "already_stored": 0, "changed": 0, "conflicting": 0, "duplicates": 1,
+        "rejected": {}, "removed": 0, "loaded": 2}
+    # the same polls again, one of them now inactive: nothing new, one stored poll changed
+    items = [{"store_id": "s1", "status": "active", "timestamp_utc": "2023-01-22T12:00:00Z"},
+             {"store_id": "s1", "status": "inactive", "timestamp_utc": "2023-01-22T13:00:00Z"}]
+    again = client.post("/store_status", json=items).get_json()
+    assert (again["read"], again["new"], again["already_stored"], again["changed"]) == (2, 0, 1, 1)
+    assert poll_count(settings) == 2
+
+
+def special_rows(settings) -> list[tuple]:
+    conn = database.connect(settings.database_path)
+    try:
+        return sorted(tuple(row) for row in conn.execute("SELECT * FROM special_hours"))
+    finally:
+        conn.close()
+
+
+def test_special_hours_csv_and_json(make_app, settings):
+    client = make_app(start_workers=False).test_client()
+    body = ("store_id,date,start_time_local,end_time_local\n"
+            "s1,2023-12-25,,\n"
+            "s1,2023-12-24,9:00,14:00\n"
+            "s2,2023-02-30,09:00:00,10:00:00\n"
+            "s3,2023-12-25,09:00:00,\n"
+            "s4,2023-12-25,25:00:00,10:00:00\n"
+            ",2023-12-25,09:00:00,10:00:00\n")
+    response = client.post("/special_hours", data=body, content_type="text/csv; charset=utf-8")
+    assert response.status_code == 200, response.get_json()
+    summary = response.get_json()
+    assert (summary["table"], summary["read"], summary["new"], summary["loaded"]) == ("special_hours", 6, 2, 2)
+    assert summary["rejected"] == {"empty store_id": 1, "bad date": 1, "one time empty": 1,
+                                   "time outside 00:00:00..23:59:59": 1}
+    assert summary["examples"]["bad date"] == "line 4: s2,2023-02-30,09:00:00,10:00:00"
+    assert special_rows(settings) == [("s1", "2023-12-24", "09:00:00", "14:00:00"), ("s1", "2023-12-25", None, None)]
+    # JSON: null or absent times mean closed; s1's 2023-12-25 is replaced, its 2023-12-24 kept
+    items = [{"store_id": "s1", "date": "2023-12-25", "start_time_local": "12:00", "end_time_local": "14:00"},
+             {"store_id": "s2", "date": "2023-12-31", "start_time_local": None, "end_time_local": None},
+             {"store_id": "s3", "date": "2024-01-01"}]
+    summary = client.post("/special_hours", json=items).get_json()
+    assert (summary["read"], summary["new"], summary["already_stored"], summary["removed"]) == (3, 3, 0, 1)
+    assert special_rows(settings) == [
+        ("s1", "2023-12-24", "09:00:00", "14:00:00"), ("s1", "2023-12-25", "12:00:00", "14:00:00"),
+        ("s2", "2023-12-31", None, None), ("s3", "2024-01-01", None, None)]
+    again = client.post("/special_hours", json=items).get_json()
+    assert (again["new"], again["already_stored"], again["removed"]) == (0, 3, 0)
+
+
+@pytest.mark.parametrize("data,content_type,status", [
+    (b"", "text/csv", 400),
+    (b"{not json", "application/json", 400),
+    (b'{"store_id": "a"}', "application/json", 400),
+    (b'[1]', "application/json", 400),
+    (b'[{"store_id": "a", "day": "2023-12-25"}]', "application/json", 400),
+    (b'[{"store_id": "a", "date": ["2023-12-25"]}]', "application/json", 400),
+    (b"store_id,start_time_local,end_time_local\na,,\n", "text/csv", 400),
+    (b"<closed/>", "application/xml", 415),
+])
+def test_bad_special_hours_bodies(make_app, data, content_type, status):
+    client = make_app(start_workers=False).test_client()
+    message = assert_json_error(client.post("/special_hours", data=data, content_type=content_type), status)
+    if b"start_time_local" in data and content_type == "text/csv":
+        assert "missing column date" in message
+
+
 def summary_counts(summary: dict) -> tuple[int, int, int]:
     """(read, loaded, rejected) from a load summary, whatever shape its rejected part has."""
     rejected = summary.get("rejected")
@@ -585,7 +676,9 @@ def test_full_flow_matches_engine(make_app, settings, loaded):
         no_zone = conn.execute("SELECT COUNT(*) FROM stores WHERE store_id NOT IN "
                                "(SELECT store_id FROM timezones WHERE timezone_str <> '')").fetchone()[0]
     assert body["meta"] == {"stores": body["rows"], "stores_without_timezone": no_zone,
-                            "stores_with_unknown_timezone": 0, "default_timezone": "America/Chicago"}
+                            "stores_with_unknown_timezone": 0, "stores_without_polls_this_week": 0,
+                            "default_timezone": "America/Chicago"}
+    assert body["warnings"] == [] and body["reach_minutes"] == 120 and body["file"] == f"{body['download_url'][9:]}"
 
 
 def test_full_flow_with_as_of_store_ids_and_extended(make_app, settings, loaded):
@@ -603,10 +696,31 @@ def test_full_flow_with_as_of_store_ids_and_extended(make_app, settings, loaded)
     expected = engine_csv(settings, as_of=as_of, store_ids=some + ["no-such-store"], extended=True)
     pd.testing.assert_frame_equal(got, expected)
     assert set(got["store_id"]) <= set(some) and len(got.columns) > 7
+    [missing] = [w for w in result["warnings"] if w["code"] == "store_ids_without_polls"]
+    assert missing["count"] == len(set(some) - set(got["store_id"])) + 1 and "no-such-store" in missing["examples"]
     # the same report again in CSV form through Accept
     with client.get("/get_report", query_string={"report_id": result["download_url"][9:-4]},
                     headers={"Accept": "text/csv"}) as as_csv, client.get(result["download_url"]) as download:
         assert as_csv.data == download.data
+
+
+def test_as_of_before_every_poll_is_an_empty_report_with_a_warning(make_app, loaded):
+    client = make_app().test_client()
+    result = poll(client, trigger(client, {"as_of": "2001-01-01T00:00:00Z"}))
+    assert result["status"] == "Complete" and result["rows"] == 0
+    [warning] = result["warnings"]
+    assert warning["code"] == "as_of_before_first_poll" and warning["first_poll"].startswith("2023-")
+
+
+def test_stale_stores_are_counted_and_warned_about(make_app, loaded):
+    client = make_app().test_client()
+    latest = pd.Timestamp(poll(client, trigger(client))["as_of"])
+    result = poll(client, trigger(client, {"as_of": (latest + pd.Timedelta(days=30)).isoformat()}))
+    assert result["meta"]["stores_without_polls_this_week"] == result["rows"] > 0
+    [warning] = result["warnings"]
+    assert warning["code"] == "stores_without_polls_this_week" and warning["count"] == result["rows"]
+    rows = downloaded(client, result)
+    assert (rows.drop(columns="store_id") == 0).all().all()  # with reach, a month-old poll speaks for nothing
 
 
 def test_ten_concurrent_triggers_real_engine(make_app, loaded):
@@ -697,7 +811,7 @@ def test_flask_cli_load_command_uses_the_loader(settings, fixtures_dir):
     app = create_app(settings, start_workers=False)  # what `flask --app app:cli_app` makes, on test paths
     result = app.test_cli_runner().invoke(args=["load", "--status", str(fixtures_dir / "store_status_2023.csv")])
     assert result.exit_code == 0, result.output
-    assert "store_status" in result.output and "loaded 30" in result.output
+    assert "store_status" in result.output and "read 30: new 30" in result.output
     assert poll_count(settings) == 30
     missing = app.test_cli_runner().invoke(args=["load", "--status", str(fixtures_dir / "nope.csv")])
     assert missing.exit_code == 2

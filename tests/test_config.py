@@ -48,3 +48,13 @@ def test_poll_reach_setting(value, reach):
 def test_bad_poll_reach_names_the_key(value):
     with pytest.raises(ValueError, match="SM_POLL_REACH_MINUTES"):
         Settings.from_env({"SM_POLL_REACH_MINUTES": value})
+
+
+def test_serving_and_job_lease_settings():
+    defaults = Settings.from_env({})
+    assert (defaults.web_workers, defaults.web_threads, defaults.job_lease_seconds) == (2, 4, 30)
+    settings = Settings.from_env({"SM_WEB_WORKERS": "3", "SM_WEB_THREADS": "8", "SM_JOB_LEASE_SECONDS": "5"})
+    assert (settings.web_workers, settings.web_threads, settings.job_lease_seconds) == (3, 8, 5)
+    for key in ("SM_WEB_WORKERS", "SM_WEB_THREADS", "SM_JOB_LEASE_SECONDS"):
+        with pytest.raises(ValueError, match=key):
+            Settings.from_env({key: "0"})

@@ -315,7 +315,9 @@ def test_duplicate_instant_inactive_wins_within_a_file(db, tmp_path):
                  "s,inactive,2023-01-22 12:00:00 UTC\ns,active,2023-01-22 12:00:00 UTC\n"
                  "t,active,2023-01-22 12:00:00 UTC\nt,active,2023-01-22 12:00:00 UTC\n")
     summary = database.load_files(db, status=path)[0]
-    assert (summary.read, summary.loaded, summary.duplicates) == (5, 2, 3)
+    # s: the inactive row is new, the first active one conflicting, the second a duplicate of it
+    assert (summary.read, summary.new, summary.conflicting, summary.duplicates) == (5, 2, 1, 2)
+    assert summary.loaded == 3 and summary.categories_total == 5
     assert polls(db) == {("s", us(2023, 1, 22, 12)): 0, ("t", us(2023, 1, 22, 12)): 1}
 
 
@@ -337,6 +339,8 @@ def test_same_file_twice_is_idempotent(db, fixtures_dir):
     second = database.load_files(db, status=path, hours=fixtures_dir / "menu_hours_2024_dayOfWeek.csv",
                                  timezones=fixtures_dir / "timezones_2024.csv")
     assert [s.loaded for s in first] == [s.loaded for s in second]
+    assert [(s.new, s.already_stored) for s in first] == [(30, 0), (30, 0), (30, 0)]
+    assert [(s.new, s.already_stored, s.changed, s.removed) for s in second] == [(0, 30, 0, 0)] * 3
     assert [db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in
             ("store_status", "stores", "business_hours", "timezones")] == snapshot
     assert rows(db, "store_status") == 30
@@ -350,7 +354,7 @@ def test_overlapping_loads_keep_one_copy(db, tmp_path, fixtures_dir):
     database.load_files(db, status=a)
     assert rows(db, "store_status") == 20
     summary = database.load_files(db, status=b)[0]
-    assert summary.loaded == len(data) - 10
+    assert (summary.read, summary.new, summary.already_stored) == (len(data) - 10, 10, 10)
     assert rows(db, "store_status") == len(data) == 30
     assert rows(db, "stores") == len({line.split(",")[0] for line in data})
 
@@ -421,14 +425,14 @@ def test_a_concurrent_reader_sees_none_or_all(db_path, fixtures_dir, monkeypatch
     writer = database.connect(db_path)
     reader = database.connect(db_path)
     seen = []
-    original = database._write_polls
+    original = database._insert_polls
 
     def spy(conn, *args):
         result = original(conn, *args)
         seen.append(rows(reader, "store_status"))    # mid-transaction, from another connection
         return result
 
-    monkeypatch.setattr(database, "_write_polls", spy)
+    monkeypatch.setattr(database, "_insert_polls", spy)
     database.load_files(writer, status=fixtures_dir / "store_status_2023.csv")
     assert seen == [0] and rows(reader, "store_status") == 30
     writer.close()
@@ -466,12 +470,14 @@ def test_summary_dict_and_text(db, tmp_path):
     path = write(tmp_path / "s.csv", STATUS_HEADER + "a,active,2023-01-22 12:00:00 UTC\nb,maybe,2023-01-22 12:00:00 UTC\n")
     summary = database.load_files(db, status=path)[0]
     data = summary.to_dict()
-    assert {k: data[k] for k in ("table", "source", "read", "loaded", "duplicates", "rejected")} == {
-        "table": "store_status", "source": str(path), "read": 2, "loaded": 1, "duplicates": 0,
-        "rejected": {"unknown status": 1}}
-    assert data["examples"] == {"unknown status": "line 3: b,maybe,2023-01-22 12:00:00 UTC"}
+    assert data == {
+        "table": "store_status", "source": str(path), "read": 2, "new": 1, "already_stored": 0, "changed": 0,
+        "conflicting": 0, "duplicates": 0, "rejected": {"unknown status": 1},
+        "examples": {"unknown status": "line 3: b,maybe,2023-01-22 12:00:00 UTC"}, "removed": 0, "loaded": 1,
+        "seconds": data["seconds"]}
     text = summary.format()
-    assert "read 2, loaded 1" in text and "rejected 1 x unknown status, e.g. line 3: b,maybe" in text
+    assert ("read 2: new 1, already stored 0, changed to inactive 0, conflicting 0, duplicates 0, rejected 1"
+            in text and "rejected 1 x unknown status, e.g. line 3: b,maybe" in text)
     assert isinstance(summary, TableSummary)
 
 
@@ -483,7 +489,7 @@ def test_cli_load(db_path, fixtures_dir, capsys):
                           "--timezones", str(fixtures_dir / "timezones_2024.csv")])
     out, err = capsys.readouterr()
     assert code == 0 and err == ""
-    assert "store_status (" in out and "read 30, loaded 30" in out
+    assert "store_status (" in out and "read 30: new 30, already stored 0" in out
     assert "business_hours (" in out and "timezones (" in out
     conn = database.connect(db_path)
     assert rows(conn, "store_status") == 30
@@ -546,7 +552,7 @@ def test_ensure_loaded_from_data_dir(db, tmp_path, fixtures_dir):
                            ("timezones_2024.csv", "timezones.csv")):
         (data / target).write_bytes((fixtures_dir / source).read_bytes())
     message = database.ensure_loaded(db, data)
-    assert "CSV files from" in message and "store_status 30 rows" in message
+    assert "CSV files from" in message and "store_status 30 new rows" in message
     assert [rows(db, t) for t in ("store_status", "business_hours", "timezones")] == [30, 30, 30]
     # second start: the database has polls, nothing is loaded again
     assert "nothing loaded" in database.ensure_loaded(db, data)
@@ -656,15 +662,19 @@ def test_status_in_small_chunks_equals_one_chunk(tmp_path, monkeypatch):
     monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 7)
     chunks = []
     original = database._StatusLoad.add
-    monkeypatch.setattr(database._StatusLoad, "add", lambda self, frame: (chunks.append(len(frame)),
-                                                                           original(self, frame)))
+    monkeypatch.setattr(database._StatusLoad, "add", lambda self, frame, last: (chunks.append(len(frame)),
+                                                                                 original(self, frame, last)))
     chunked = database.connect(tmp_path / "chunked.sqlite3")
     summary = database.load_files(chunked, status=path)[0].to_dict()
     assert len(chunks) >= 5 and max(chunks) == 7
     for data in (expected, summary):
         data.pop("seconds")
     assert summary == expected
-    assert summary["read"] == 39 and summary["duplicates"] == 3 and summary["loaded"] == 32
+    # 30 distinct polls, s and t at one instant both active and inactive (inactive new, active
+    # conflicting), an exact copy of the first poll (a duplicate), 4 rejected
+    assert {k: summary[k] for k in ("read", "new", "already_stored", "changed", "conflicting", "duplicates",
+                                    "loaded")} == {"read": 39, "new": 32, "already_stored": 0, "changed": 0,
+                                                   "conflicting": 2, "duplicates": 1, "loaded": 34}
     assert summary["rejected"] == {"wrong number of fields": 2, "unknown status": 1, "impossible timestamp": 1}
     assert summary["examples"] == {"wrong number of fields": "line 5: x,active",
                                    "unknown status": "line 11: y,maybe,2023-01-22 12:00:00 UTC",
@@ -673,11 +683,15 @@ def test_status_in_small_chunks_equals_one_chunk(tmp_path, monkeypatch):
     stored, blocks, rows_ = load_state(chunked)
     assert blocks == rows_
     assert ("s", us(2023, 1, 22, 12), 0) in stored and ("t", us(2023, 1, 23), 0) in stored
-    # Loading it again in chunks stores nothing new. Its 2 cross-chunk duplicates are then polls that were
-    # also stored before this load, which the chunked load cannot tell from an earlier chunk's without
-    # keeping every poll: they count as loaded (the one-chunk duplicate stays a duplicate).
+    # Loading it again in chunks stores nothing new, exactly as loading it again whole says.
     again = database.load_files(chunked, status=path)[0].to_dict()
-    assert (again["loaded"], again["duplicates"], again["rejected"]) == (34, 1, expected["rejected"])
+    again_whole = database.load_files(whole, status=path)[0].to_dict()
+    for data in (again, again_whole):
+        data.pop("seconds")
+    assert again == again_whole
+    assert {k: again[k] for k in ("new", "already_stored", "changed", "conflicting", "duplicates")} == {
+        "new": 0, "already_stored": 32, "changed": 0, "conflicting": 2, "duplicates": 1}
+    assert again["rejected"] == expected["rejected"]
     assert load_state(chunked) == load_state(whole)
     whole.close()
     chunked.close()
@@ -690,7 +704,8 @@ def test_cross_chunk_duplicate_inactive_wins_either_order(db, tmp_path, monkeypa
                  "a,active,2023-01-22 12:00:00 UTC\nb,inactive,2023-01-22 12:00:00 UTC\n"
                  "b,active,2023-01-22 13:00:00 UTC\n")
     summary = database.load_files(db, status=path)[0]
-    assert (summary.read, summary.loaded, summary.duplicates) == (6, 3, 3)
+    # each instant: its inactive row is new, its active row (earlier or later) conflicting
+    assert (summary.read, summary.new, summary.conflicting, summary.duplicates) == (6, 3, 3, 0)
     assert polls(db) == {("a", us(2023, 1, 22, 12)): 0, ("b", us(2023, 1, 22, 12)): 0,
                          ("b", us(2023, 1, 22, 13)): 0}
     assert blocks_as_rows(db) == status_rows(db)
@@ -714,11 +729,11 @@ def test_error_in_a_later_chunk_leaves_the_database_untouched(db, tmp_path, fixt
         calls = []
         original = database._StatusLoad.add
 
-        def failing(self, frame):            # e.g. the disk fills up while writing the third chunk
+        def failing(self, frame, last):      # e.g. the disk fills up while writing the third chunk
             calls.append(1)
             if len(calls) == 3:
                 raise LoadError("simulated failure in a later chunk")
-            original(self, frame)
+            original(self, frame, last)
 
         monkeypatch.setattr(database._StatusLoad, "add", failing)
         expected = "simulated failure"
@@ -750,3 +765,341 @@ def test_wrong_field_rows_after_the_last_poll(db, tmp_path, monkeypatch):
     only_bad = write(tmp_path / "t.csv", STATUS_HEADER + "x\ny,z\n")
     summary = database.load_files(db, status=only_bad)[0]
     assert (summary.read, summary.loaded, summary.rejected) == (2, 0, {"wrong number of fields": 2})
+
+
+# --- honest load summaries -----------------------------------------------------------------------------
+
+STATUS_CATEGORIES = ("new", "already_stored", "changed", "conflicting", "duplicates")
+
+
+def counts(summary) -> dict:
+    """The categories of a summary (object or dict), rejected as a total; asserts they add up to read."""
+    data = summary if isinstance(summary, dict) else summary.to_dict()
+    got = {name: data[name] for name in STATUS_CATEGORIES}
+    got["rejected"] = sum(data["rejected"].values())
+    assert sum(got.values()) == data["read"], data
+    return got
+
+
+def status_file(path: Path, rows_: list[tuple[str, str, str]]) -> Path:
+    return write(path, STATUS_HEADER + "".join(f"{s},{status},{t}\n" for s, status, t in rows_))
+
+
+T1, T2, T3 = "2023-01-22 12:00:00 UTC", "2023-01-22 13:00:00 UTC", "2023-01-22 14:00:00 UTC"
+
+
+def test_reload_says_new_0_for_every_table(db, fixtures_dir):
+    files = dict(status=fixtures_dir / "store_status_2024.csv", hours=fixtures_dir / "menu_hours_2024_dayOfWeek.csv",
+                 timezones=fixtures_dir / "timezones_2024.csv")
+    first = database.load_files(db, **files)
+    second = database.load_files(db, **files)
+    assert [(s.table, s.new, s.already_stored) for s in first] == [
+        ("store_status", 30, 0), ("business_hours", 30, 0), ("timezones", 30, 0)]
+    assert [(s.table, s.new, s.already_stored, s.changed, s.removed) for s in second] == [
+        ("store_status", 0, 30, 0, 0), ("business_hours", 0, 30, 0, 0), ("timezones", 0, 30, 0, 0)]
+    assert "read 30: new 0, already stored 30, changed to inactive 0" in second[0].format()
+    assert all(s.categories_total == s.read for s in first + second)
+
+
+def test_overlapping_status_file_counts_only_its_new_polls(db, tmp_path):
+    database.load_files(db, status=status_file(tmp_path / "a.csv", [("a", "active", T1), ("a", "active", T2)]))
+    summary = database.load_files(db, status=status_file(tmp_path / "b.csv", [
+        ("a", "active", T2), ("a", "active", T3), ("b", "inactive", T1)]))[0]
+    assert counts(summary) == {"new": 2, "already_stored": 1, "changed": 0, "conflicting": 0, "duplicates": 0,
+                               "rejected": 0}
+
+
+@pytest.mark.parametrize("stored,incoming,category,result", [
+    ("active", "inactive", "changed", 0),          # inactive wins over the stored poll
+    ("inactive", "active", "conflicting", 0),      # the stored inactive poll stays
+    ("active", "active", "already_stored", 1),
+    ("inactive", "inactive", "already_stored", 0),
+])
+def test_status_against_a_stored_poll(db, tmp_path, stored, incoming, category, result):
+    database.load_files(db, status=status_file(tmp_path / "a.csv", [("s", stored, T1)]))
+    summary = database.load_files(db, status=status_file(tmp_path / "b.csv", [("s", incoming, T1)]))[0]
+    expected = dict.fromkeys(STATUS_CATEGORIES, 0) | {"rejected": 0, category: 1}
+    assert counts(summary) == expected
+    assert polls(db) == {("s", us(2023, 1, 22, 12)): result}
+    assert blocks_as_rows(db) == status_rows(db)
+    if category == "conflicting":
+        assert "conflicting: active where the same instant is inactive" in summary.format()
+
+
+def test_conflicting_within_one_file_and_against_stored(db, tmp_path):
+    database.load_files(db, status=status_file(tmp_path / "a.csv", [("s", "active", T1), ("s", "inactive", T2)]))
+    summary = database.load_files(db, status=status_file(tmp_path / "b.csv", [
+        ("s", "active", T1), ("s", "inactive", T1),      # stored active: the inactive row changes it,
+        ("s", "active", T2),                             # stored inactive: conflicting
+        ("t", "active", T3), ("t", "inactive", T3), ("t", "inactive", T3)]))[0]
+    assert counts(summary) == {"new": 1, "already_stored": 0, "changed": 1, "conflicting": 3, "duplicates": 1,
+                               "rejected": 0}
+    assert summary.loaded == 5
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 1000])
+def test_repeats_across_chunks_are_exact(db, tmp_path, monkeypatch, chunk_rows):
+    """A repeat in a later chunk is a duplicate, not 'already stored', also when the database already
+    held polls of the same store at nearby instants (the case the old span heuristic could not tell)."""
+    database.load_files(db, status=status_file(tmp_path / "old.csv", [("s", "active", T1), ("s", "active", T3)]))
+    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", chunk_rows)
+    path = status_file(tmp_path / "new.csv", [
+        ("s", "active", T2), ("s", "active", T1), ("u", "active", T1),        # new, already stored, new
+        ("s", "active", T2), ("s", "active", T1), ("u", "active", T1),        # three duplicates
+        ("s", "inactive", T2), ("u", "inactive", T1), ("s", "inactive", T3)])  # T2, u's T1 conflict; T3 changes
+    summary = database.load_files(db, status=path)[0]
+    assert counts(summary) == {"new": 2, "already_stored": 1, "changed": 1, "conflicting": 2, "duplicates": 3,
+                               "rejected": 0}
+    again = database.load_files(db, status=path)[0]
+    # now stored: s T1 active, s T2, s T3 and u T1 inactive
+    assert counts(again) == {"new": 0, "already_stored": 4, "changed": 0, "conflicting": 2, "duplicates": 3,
+                             "rejected": 0}
+    assert blocks_as_rows(db) == status_rows(db)
+
+
+def reference_load(stored: dict, rows_: list[tuple[str, str, str]]) -> tuple[dict, dict]:
+    """Independent model of a status load: (category counts, stored {(store, time): status} after it)."""
+    counted = dict.fromkeys(STATUS_CATEGORIES, 0)
+    distinct, statuses = set(), {}
+    for store, status, moment in rows_:
+        if (store, status, moment) in distinct:
+            counted["duplicates"] += 1
+            continue
+        distinct.add((store, status, moment))
+        statuses.setdefault((store, moment), set()).add(status)
+    after = dict(stored)
+    for key, seen in statuses.items():
+        before = stored.get(key)
+        if "inactive" in seen:
+            counted[{None: "new", "active": "changed", "inactive": "already_stored"}[before]] += 1
+        if "active" in seen:
+            if "inactive" in seen or before == "inactive":
+                counted["conflicting"] += 1
+            else:
+                counted[{None: "new", "active": "already_stored"}[before]] += 1
+        after[key] = "inactive" if "inactive" in seen or before == "inactive" else "active"
+    return counted, after
+
+
+@pytest.mark.parametrize("filter_hits", ["real", "always"])
+def test_random_loads_match_the_reference_model(tmp_path, monkeypatch, filter_hits):
+    """Random files over few stores and instants (many repeats and conflicts), loaded one after another
+    whole, in random small chunks or as frames: counts and stored polls equal an independent model.
+    'always': the Bloom filter claims every group, so every look-up path is taken."""
+    import random
+
+    if filter_hits == "always":
+        monkeypatch.setattr(database._SeenFilter, "contains", lambda self, keys, micros: np.ones(len(keys), bool))
+    for seed in range(40):
+        rng = random.Random(seed)
+        stores = [f"s{i}" for i in range(rng.randint(1, 4))]
+        moments = [f"2023-01-{day:02d} 12:00:00 UTC" for day in range(1, rng.randint(2, 12))]
+        conn = database.connect(tmp_path / f"r{seed}.sqlite3")
+        stored: dict = {}
+        for round_ in range(3):
+            rows_ = [(rng.choice(stores), rng.choice(["active", "inactive"]), rng.choice(moments))
+                     for _ in range(rng.randint(0, 30))]
+            monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", rng.randint(1, 12))
+            if rng.random() < 0.3:
+                summary = database.ingest_store_status(conn, pd.DataFrame(rows_, columns=list(TABLE_ORDER)))
+            else:
+                summary = database.load_files(conn, status=status_file(tmp_path / f"{seed}-{round_}.csv", rows_))[0]
+            expected, stored = reference_load(stored, rows_)
+            assert {name: getattr(summary, name) for name in STATUS_CATEGORIES} == expected, (seed, round_)
+            assert summary.categories_total == summary.read == len(rows_)
+            assert polls(conn) == {(store, us(*map(int, moment[:10].split("-")), 12)): int(status == "active")
+                                   for (store, moment), status in stored.items()}
+            assert blocks_as_rows(conn) == status_rows(conn)
+        conn.close()
+
+
+TABLE_ORDER = ("store_id", "status", "timestamp_utc")
+
+
+def test_seen_filter_has_no_false_negatives():
+    rng = np.random.default_rng(1)
+    keys, micros = rng.integers(0, 50, 20_000), rng.integers(-10**15, 10**15, 20_000)
+    seen = database._SeenFilter(expected_bytes=1_000_000)
+    seen.add(keys[:10_000], micros[:10_000])
+    assert seen.contains(keys[:10_000], micros[:10_000]).all()
+    assert seen.contains(keys[10_000:], micros[10_000:]).mean() < 0.05
+
+
+def test_hours_and_timezone_summaries(db, tmp_path):
+    database.load_files(db, hours=write(tmp_path / "a.csv", HOURS_HEADER + "a,0,09:00:00,17:00:00\n"
+                                        "a,1,09:00:00,17:00:00\nb,0,10:00:00,11:00:00\n"),
+                        timezones=write(tmp_path / "a_tz.csv", "store_id,timezone_str\na,America/Denver\n"
+                                        "b,\n"))
+    hours, zones = database.load_files(
+        db, hours=write(tmp_path / "b.csv", HOURS_HEADER + "a,0,9:00,17:00\na,2,09:00:00,12:00:00\n"
+                        "a,2,09:00:00,12:00:00\nc,3,10:00:00,11:00:00\nd,9,10:00:00,11:00:00\n"),
+        timezones=write(tmp_path / "b_tz.csv", "store_id,timezone_str\na,America/Denver\nb,Asia/Beirut\n"
+                        "c,America/Boise\nc,America/Chicago\n"))
+    # a's Monday row is already stored (after normalising 9:00), its Wednesday new, its Tuesday removed;
+    # c is a new store; the repeated Wednesday row is a duplicate; d's day is rejected.
+    assert (hours.new, hours.already_stored, hours.duplicates, hours.rejected_total, hours.removed) == (2, 1, 1, 1, 1)
+    assert hours.categories_total == hours.read == 5
+    assert "removed 1 stored rows the file replaced" in hours.format()
+    # a unchanged, b's empty zone replaced, c new (its first row superseded by its last)
+    assert (zones.new, zones.already_stored, zones.changed, zones.duplicates) == (1, 1, 1, 1)
+    assert zones.categories_total == zones.read == 4
+
+
+# --- special hours -------------------------------------------------------------------------------------
+
+SPECIAL_HEADER = "store_id,date,start_time_local,end_time_local\n"
+
+
+def special(conn) -> list[tuple]:
+    return sorted(tuple(row) for row in conn.execute("SELECT * FROM special_hours"))
+
+
+def test_special_hours_every_reject_reason(db, tmp_path):
+    path = write(tmp_path / "sp.csv", SPECIAL_HEADER + "a,2023-12-25,,\n"        # closed
+                 "a,2023-12-24,9:00,14:00:00.5\n"                                 # normalised like weekly hours
+                 " ,2023-12-25,09:00:00,10:00:00\n"                               # empty store_id
+                 "b,2023-02-30,09:00:00,10:00:00\n"                               # bad date (impossible)
+                 "c,25/12/2023,09:00:00,10:00:00\n"                               # bad date (not YYYY-MM-DD)
+                 "d,,09:00:00,10:00:00\n"                                         # bad date (empty)
+                 "e,2023-12-25,09:00:00,\n"                                       # one time empty
+                 "f,2023-12-25,,10:00:00\n"                                       # one time empty
+                 "g,2023-12-25,24:00:00,10:00:00\n"                               # bad time
+                 "h,2023-12-25,09:00\n"                                           # wrong number of fields
+                 "a,2023-12-25,,\n")                                              # duplicate
+    summary = database.load_files(db, special_hours=path)[0]
+    assert summary.table == "special_hours"
+    assert summary.rejected == {"wrong number of fields": 1, "empty store_id": 1, "bad date": 3,
+                                "one time empty": 2, "time outside 00:00:00..23:59:59": 1}
+    assert summary.examples["bad date"] == "line 5: b,2023-02-30,09:00:00,10:00:00"
+    assert summary.examples["one time empty"] == "line 8: e,2023-12-25,09:00:00,"
+    assert summary.examples["time outside 00:00:00..23:59:59"] == "line 10: g,2023-12-25,24:00:00,10:00:00"
+    assert summary.examples["empty store_id"] == "line 4:  ,2023-12-25,09:00:00,10:00:00"
+    assert (summary.read, summary.new, summary.duplicates, summary.categories_total) == (11, 2, 1, 11)
+    assert special(db) == [("a", "2023-12-24", "09:00:00", "14:00:00.5"), ("a", "2023-12-25", None, None)]
+
+
+def test_special_hours_replace_each_store_date_and_keep_other_dates(db, tmp_path):
+    database.load_files(db, special_hours=write(tmp_path / "a.csv", SPECIAL_HEADER + "a,2023-12-24,09:00:00,12:00:00\n"
+                                                "a,2023-12-24,14:00:00,18:00:00\na,2023-12-25,,\n"
+                                                "b,2023-12-25,10:00:00,11:00:00\n"))
+    summary = database.load_files(db, special_hours=write(tmp_path / "b.csv", SPECIAL_HEADER +
+                                                          "a,2023-12-24,09:00:00,12:00:00\n"   # already stored
+                                                          "a,2023-12-31,22:00:00,02:00:00\n"   # a new date
+                                                          "b,2023-12-25,,\n"                    # now closed
+                                                          "c,2023-12-25,,25:00\n"))[0]          # rejected: kept out
+    # a's 2023-12-24 afternoon row and b's 2023-12-25 hours are replaced; a's 2023-12-25 is untouched
+    assert (summary.new, summary.already_stored, summary.removed, summary.rejected_total) == (2, 1, 2, 1)
+    assert special(db) == [("a", "2023-12-24", "09:00:00", "12:00:00"), ("a", "2023-12-25", None, None),
+                           ("a", "2023-12-31", "22:00:00", "02:00:00"), ("b", "2023-12-25", None, None)]
+    again = database.load_files(db, special_hours=tmp_path / "b.csv")[0]
+    assert (again.new, again.already_stored, again.removed) == (0, 3, 0)
+
+
+def test_special_hours_from_a_frame_with_missing_values(db):
+    frame = pd.DataFrame([{"store_id": "a", "date": "2024-02-29", "start_time_local": None, "end_time_local": None},
+                          {"store_id": 123, "date": "2023-02-29", "start_time_local": "09:00", "end_time_local": "10:00"}])
+    summary = database.ingest_special_hours(db, frame)
+    assert summary.rejected == {"bad date": 1} and summary.examples["bad date"].startswith("row 2: 123,")
+    assert special(db) == [("a", "2024-02-29", None, None)]
+
+
+def test_special_hours_in_the_report_inputs(db_path, tmp_path, fixtures_dir):
+    conn = database.connect(db_path)
+    database.load_files(conn, status=fixtures_dir / "store_status_2024.csv")
+    store = conn.execute("SELECT store_id FROM stores ORDER BY store_key LIMIT 1").fetchone()[0]
+    database.load_files(conn, special_hours=write(tmp_path / "sp.csv", SPECIAL_HEADER +
+                                                  f"{store},2023-12-25,,\n{store},2023-12-24,10:00:00,12:00:00\n"
+                                                  "elsewhere,2023-12-25,,\n"))
+    conn.close()
+    everything = database.read_report_inputs(db_path, lookback_us=7 * 86_400_000_000)
+    assert list(everything.special_hours.columns) == ["store_id", "date", "start_time_local", "end_time_local"]
+    assert sorted(map(tuple, everything.special_hours.itertuples(index=False))) == sorted([
+        ("elsewhere", "2023-12-25", None, None), (store, "2023-12-24", "10:00:00", "12:00:00"),
+        (store, "2023-12-25", None, None)])
+    chosen = database.read_report_inputs(db_path, lookback_us=7 * 86_400_000_000, store_ids=[store])
+    assert sorted(chosen.special_hours["date"]) == ["2023-12-24", "2023-12-25"]
+    database.connect(tmp_path / "empty.sqlite3").close()
+    empty = database.read_report_inputs(tmp_path / "empty.sqlite3", lookback_us=1)
+    assert empty.now is None and list(empty.special_hours.columns) == list(everything.special_hours.columns)
+
+
+def test_cli_special_hours_option(db_path, tmp_path, capsys):
+    path = write(tmp_path / "sp.csv", SPECIAL_HEADER + "a,2023-12-25,,\nb,2023-13-01,,\n")
+    assert database.main(["load", "--db", str(db_path), "--special-hours", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "special_hours (" in out and "read 2: new 1, already stored 0, duplicates 0, rejected 1" in out
+    assert "rejected 1 x bad date, e.g. line 3: b,2023-13-01,," in out
+    conn = database.connect(db_path)
+    assert special(conn) == [("a", "2023-12-25", None, None)]
+    conn.close()
+
+
+def data_dir_with(tmp_path: Path, fixtures_dir: Path, special_rows: str | None) -> Path:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "store_status.csv").write_bytes((fixtures_dir / "store_status_2023.csv").read_bytes())
+    (data / "menu_hours.csv").write_bytes((fixtures_dir / "menu_hours_2023_day.csv").read_bytes())
+    if special_rows is not None:
+        write(data / "special_hours.csv", SPECIAL_HEADER + special_rows)
+    return data
+
+
+def test_data_dir_special_hours_are_picked_up(db, tmp_path, fixtures_dir, capsys, monkeypatch):
+    data = data_dir_with(tmp_path, fixtures_dir, "a,2023-12-25,,\n")
+    assert database.default_files(data)["special_hours"] == data / "special_hours.csv"
+    message = database.ensure_loaded(db, data)
+    assert "special_hours 1 new rows" in message and special(db) == [("a", "2023-12-25", None, None)]
+    monkeypatch.setenv("SM_DATA_DIR", str(data))
+    monkeypatch.setenv("SM_DATABASE", str(tmp_path / "env.sqlite3"))
+    assert database.main(["load"]) == 0
+    assert "special_hours (" in capsys.readouterr().out
+
+
+def test_no_arguments_loads_the_data_dir_like_load(tmp_path, fixtures_dir, capsys, monkeypatch):
+    data = data_dir_with(tmp_path, fixtures_dir, None)
+    monkeypatch.setenv("SM_DATA_DIR", str(data))
+    outputs = []
+    for name, argv in (("bare", []), ("load", ["load"])):
+        monkeypatch.setenv("SM_DATABASE", str(tmp_path / f"{name}.sqlite3"))
+        assert database.main(argv) == 0
+        outputs.append(capsys.readouterr().out.split("loaded into")[0])
+        conn = database.connect(tmp_path / f"{name}.sqlite3")
+        assert (rows(conn, "store_status"), rows(conn, "business_hours")) == (30, 30)
+        conn.close()
+    assert "special_hours: no special_hours.csv (optional)" in outputs[0]
+    # the same lines but for the time each took
+    strip = lambda text: [line.rsplit(" [", 1)[0] for line in text.splitlines()]
+    assert strip(outputs[0]) == strip(outputs[1])
+    monkeypatch.setattr(sys, "argv", ["database.py"])      # `python database.py`, through main()'s own argv
+    monkeypatch.setenv("SM_DATABASE", str(tmp_path / "argv.sqlite3"))
+    assert database.main() == 0
+    assert "store_status (" in capsys.readouterr().out
+
+
+# --- progress bar ---------------------------------------------------------------------------------------
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_is_quiet_when_not_a_terminal(db, fixtures_dir, capfd, monkeypatch):
+    monkeypatch.setattr(database, "PROGRESS_DELAY_S", 0)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())          # not a terminal
+    database.load_files(db, status=fixtures_dir / "store_status_2023.csv")
+    assert sys.stderr.getvalue() == ""
+    assert capfd.readouterr().err == ""
+
+
+def test_progress_bar_on_a_terminal(db, fixtures_dir, monkeypatch):
+    monkeypatch.setattr(database, "PROGRESS_DELAY_S", 0)
+    monkeypatch.setattr(database, "PROGRESS_REFRESH_S", 0)
+    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 10)
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    database.load_files(db, status=fixtures_dir / "store_status_2023.csv")
+    shown = terminal.getvalue()
+    assert "store_status:" in shown and "30 rows" in shown and "B/s" in shown and "100%" in shown
+    terminal.truncate(0)
+    database.load_files(db, status=fixtures_dir / "store_status_2023.csv", progress=False)
+    assert terminal.getvalue() == ""

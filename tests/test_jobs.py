@@ -49,7 +49,7 @@ class FakeEngine:
         self.started = threading.Semaphore(0)
 
     def __call__(self, database_path, out_path, *, as_of=None, store_ids=None, extended=False,
-                 default_timezone="America/Chicago", progress=None):
+                 reach_minutes=120, default_timezone="America/Chicago", progress=None):
         self.calls.append(dict(as_of=as_of, store_ids=store_ids, extended=extended,
                                default_timezone=default_timezone))
         self.started.release()
@@ -228,3 +228,320 @@ def test_iso_utc():
     assert jobs.iso_utc(pd.Timestamp("2023-01-25 18:13:22", tz="UTC")) == "2023-01-25T18:13:22Z"
     assert jobs.iso_utc(pd.Timestamp("2023-01-25 12:13:22.5-06:00")) == "2023-01-25T18:13:22.500000Z"
     assert jobs.iso_utc(pd.Timestamp("2023-01-25 18:13:22")) == "2023-01-25T18:13:22Z"
+
+
+# --- jobs shared by several processes: claims and leases ----------------------------------------------
+# Several pools on one database stand for several processes (each pool has its own owner id).
+
+EXHAUSTED = dict(max_attempts=jobs.MAX_ATTEMPTS, exhausted_error=jobs.INTERRUPTED_ERROR)
+
+
+def claim(conn, owner, lease=30.0):
+    return database.claim_report_job(conn, owner, lease, **EXHAUSTED)
+
+
+def queued_jobs(conn, count):
+    ids = [f"00000000-0000-4000-8000-{n:012d}" for n in range(count)]
+    for report_id in ids:
+        database.create_report_job(conn, report_id, {"as_of": None, "store_ids": None, "columns": "standard"})
+    return ids
+
+
+def test_each_queued_job_is_claimed_by_exactly_one_claimer(settings):
+    conn = database.connect(settings.database_path)
+    ids = queued_jobs(conn, 60)
+    claimed, errors = [], []
+    barrier = threading.Barrier(8)
+
+    def claimer(n):
+        own = database.connect(settings.database_path)
+        try:
+            barrier.wait(5)
+            while (job := claim(own, f"owner-{n}")) is not None:
+                claimed.append((job["report_id"], job["owner"], job["attempts"]))
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    assert sorted(report_id for report_id, _, _ in claimed) == ids  # every job once, none twice
+    for report_id, owner, attempts in claimed:
+        job = database.get_report_job(conn, report_id)
+        assert (job["status"], job["owner"], job["attempts"]) == ("Running", owner, 1)
+        assert job["lease_until"] > time.time() + 20
+        assert [(a["attempt"], a["owner"], a["outcome"]) for a in database.report_attempts(conn, report_id)] == \
+            [(1, owner, None)]
+
+
+def test_a_live_lease_is_never_taken_an_expired_one_once_more(settings):
+    conn = database.connect(settings.database_path)
+    [report_id] = queued_jobs(conn, 1)
+    assert claim(conn, "first")["attempts"] == 1
+    assert claim(conn, "second") is None                       # its lease is live: nobody else takes it
+    assert database.get_report_job(conn, report_id)["owner"] == "first"
+
+    expire = "UPDATE reports SET lease_until = ? WHERE report_id = ?"
+    conn.execute(expire, (time.time() - 1, report_id))           # "first" died: its lease ran out
+    job = claim(conn, "second")
+    assert (job["report_id"], job["owner"], job["attempts"], job["status"]) == (report_id, "second", 2, "Running")
+    assert claim(conn, "third") is None
+
+    conn.execute(expire, (time.time() - 1, report_id))           # ... and "second" died too
+    assert claim(conn, "third") is None                          # not a third run: Failed
+    job = database.get_report_job(conn, report_id)
+    assert (job["status"], job["error"], job["attempts"]) == ("Failed", jobs.INTERRUPTED_ERROR, 2)
+    assert [(a["attempt"], a["owner"], a["outcome"]) for a in database.report_attempts(conn, report_id)] == \
+        [(1, "first", "lease expired"), (2, "second", "lease expired")]
+
+
+def test_claims_take_the_oldest_waiting_job_first(settings):
+    conn = database.connect(settings.database_path)
+    ids = queued_jobs(conn, 3)
+    conn.execute("UPDATE reports SET created_at = '2000-01-01T00:00:00.000Z' WHERE report_id = ?", (ids[2],))
+    assert [claim(conn, "me")["report_id"] for _ in ids] == [ids[2], ids[0], ids[1]]
+
+
+def test_a_job_running_under_a_live_lease_is_left_alone_at_start(settings, pools):
+    conn = database.connect(settings.database_path)
+    [report_id] = queued_jobs(conn, 1)
+    claim(conn, "another-live-process")
+    engine = FakeEngine()
+    pool = pools(settings, generate=engine)
+    pool.poll_interval = 0.05
+    assert pool.recover() == {"requeued": [], "failed": []}
+    pool.start()
+    time.sleep(10 * pool.poll_interval)
+    job = database.get_report_job(conn, report_id)
+    assert (job["status"], job["owner"], job["attempts"]) == ("Running", "another-live-process", 1)
+    assert engine.calls == []
+
+
+def test_the_heartbeat_renews_the_lease_while_the_report_runs(settings, pools):
+    from dataclasses import replace
+
+    release = threading.Event()
+    engine = FakeEngine(block=release)
+    pool = pools(replace(settings, job_lease_seconds=1), generate=engine).start()
+    conn = database.connect(settings.database_path)
+    report_id = pool.submit({})
+    assert engine.started.acquire(timeout=5)
+    leases = []
+    for _ in range(9):                  # over 2 s: twice the lease
+        job = database.get_report_job(conn, report_id)
+        leases.append(job["lease_until"])
+        assert job["lease_until"] > time.time(), "the lease of a running report ran out"
+        assert claim(conn, "a-live-rival", lease=1) is None
+        time.sleep(0.25)
+    assert len(set(leases)) >= 4        # renewed every third of a second
+    release.set()
+    job = wait_for(conn, report_id)
+    assert (job["status"], job["attempts"], job["lease_until"]) == ("Complete", 1, None)
+    assert [a["outcome"] for a in database.report_attempts(conn, report_id)] == ["Complete"]
+
+
+def test_a_run_that_lost_its_lease_changes_nothing(settings, pools, caplog):
+    release = threading.Event()
+    engine = FakeEngine(block=release)
+    pool = pools(settings, generate=engine).start()
+    conn = database.connect(settings.database_path)
+    report_id = pool.submit({})
+    assert engine.started.acquire(timeout=5)
+    # Meanwhile its lease ran out (say the machine stalled) and another process took the job over.
+    conn.execute("UPDATE reports SET lease_until = ? WHERE report_id = ?", (time.time() - 1, report_id))
+    taken = claim(conn, "rival")
+    assert (taken["report_id"], taken["attempts"]) == (report_id, 2)
+    with caplog.at_level(logging.WARNING, logger="store_monitoring.jobs"):
+        release.set()
+        deadline = time.monotonic() + 5
+        while not any("lost its lease" in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert any("lost its lease" in r.getMessage() for r in caplog.records)
+    job = database.get_report_job(conn, report_id)
+    assert (job["status"], job["owner"], job["file"]) == ("Running", "rival", None)  # the rival's run goes on
+    assert list(settings.reports_dir.iterdir()) == []  # neither the report nor its attempt's file
+
+
+def test_two_pools_on_one_database_run_each_job_once(settings, pools):
+    from dataclasses import replace
+
+    shared = replace(settings, queue_limit=100)
+    engines = [FakeEngine(), FakeEngine()]
+    first, second = (pools(shared, generate=engine).start() for engine in engines)
+    assert first.owner != second.owner
+    conn = database.connect(settings.database_path)
+    ids = [(first if n % 2 else second).submit({"as_of": f"2023-01-25T{n % 24:02d}:00:00Z"}) for n in range(40)]
+    for report_id in ids:
+        job = wait_for(conn, report_id)
+        assert (job["status"], job["attempts"]) == ("Complete", 1)
+        assert job["owner"] in (first.owner, second.owner)
+    assert len(engines[0].calls) + len(engines[1].calls) == len(ids)   # one engine run per job
+    assert all(len(database.report_attempts(conn, report_id)) == 1 for report_id in ids)
+
+
+def test_queue_depth_and_limit_count_the_jobs_of_every_process(settings, pools):
+    first, second = pools(settings), pools(settings)   # not started: jobs stay Queued
+    for _ in range(settings.queue_limit):
+        first.submit({})
+    assert second.depth() == first.depth() == settings.queue_limit
+    with pytest.raises(jobs.QueueFull):
+        second.submit({})
+
+
+def test_stop_taking_leaves_new_jobs_queued(settings, pools):
+    engine = FakeEngine()
+    pool = pools(settings, generate=engine)
+    pool.poll_interval = 0.05
+    pool.start()
+    conn = database.connect(settings.database_path)
+    pool.stop_taking()
+    report_id = pool.submit({})
+    time.sleep(10 * pool.poll_interval)
+    assert database.get_report_job(conn, report_id)["status"] == "Queued" and engine.calls == []
+
+
+def test_job_parameters_reach_the_engine_by_name(settings, pools):
+    pool = pools(settings)
+    arguments = pool._engine_arguments({"as_of": "2023-01-25T18:00:00Z", "store_ids": ["a"], "columns": "extended",
+                                        "reach_minutes": None, "new_option": 3})
+    assert arguments == {"as_of": pd.Timestamp("2023-01-25 18:00", tz="UTC"), "store_ids": ["a"],
+                         "extended": True, "reach_minutes": None, "new_option": 3}
+    assert pool._engine_arguments({}) == {"as_of": None, "store_ids": None, "extended": False,
+                                          "reach_minutes": settings.poll_reach_minutes}
+
+
+def test_an_old_database_gets_the_lease_columns_and_its_jobs_run(settings, pools):
+    import sqlite3
+
+    old = sqlite3.connect(settings.database_path)
+    old.executescript("""
+        CREATE TABLE reports (report_id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at TEXT NOT NULL,
+            started_at TEXT, finished_at TEXT, params TEXT NOT NULL DEFAULT '{}', as_of TEXT, rows INTEGER,
+            seconds REAL, timings TEXT, progress REAL NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT, file TEXT);
+        INSERT INTO reports (report_id, status, created_at, attempts)
+            VALUES ('00000000-0000-4000-8000-000000000001', 'Running', '2023-01-25T00:00:00.000Z', 1);
+    """)
+    old.close()
+    pool = pools(settings, generate=FakeEngine()).start()   # a job Running without a lease: taken over
+    conn = database.connect(settings.database_path)
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(reports)")}
+    assert {"meta", "owner", "lease_until"} <= columns
+    job = wait_for(conn, "00000000-0000-4000-8000-000000000001")
+    assert (job["status"], job["attempts"], job["owner"]) == ("Complete", 2, pool.owner)
+
+
+# --- retention, stray files, disk errors ----------------------------------------------------------------
+
+def test_sweep_deletes_old_reports_and_stray_files_but_not_live_runs(settings, pools):
+    import uuid as uuid_module
+
+    pool = pools(settings, generate=FakeEngine())
+    pool.start()
+    conn = database.connect(settings.database_path)
+    old, recent = pool.submit({}), pool.submit({})
+    for report_id in (old, recent):
+        wait_for(conn, report_id)
+    conn.execute("UPDATE reports SET finished_at = '2000-01-01T00:00:00.000Z' WHERE report_id = ?", (old,))
+    pool.close()
+    live = pool.submit({})
+    assert database.claim_report_job(conn, "another:1:x", 60, max_attempts=2, exhausted_error="x")["report_id"] == live
+    dead, orphan = str(uuid_module.uuid4()), str(uuid_module.uuid4())
+    files = {
+        f".{live}.attempt-1.csv": True, f"..{live}.attempt-1.csv.k2j3.tmp": True,   # in use by a live run
+        f".{dead}.attempt-1.csv": False, f"..{dead}.attempt-2.csv.ab12.tmp": False,  # left by a killed run
+        f"{orphan}.csv": False,                                                      # its job is gone
+        ".gitkeep": True, "notes.txt": True,                                         # not ours
+    }
+    for name in files:
+        (settings.reports_dir / name).write_text("x")
+    assert pool.sweep() == {"expired": 1, "stray_files": 3}
+    assert database.get_report_job(conn, old) is None and not (settings.reports_dir / f"{old}.csv").exists()
+    assert database.report_attempts(conn, old) == []
+    assert (settings.reports_dir / f"{recent}.csv").exists()
+    for name, kept in files.items():
+        assert (settings.reports_dir / name).exists() == kept, name
+    conn.close()
+
+
+def test_retention_setting_reaches_the_sweep(settings, pools):
+    from dataclasses import replace
+
+    pool = pools(replace(settings, report_retention_days=0.00001), generate=FakeEngine())
+    pool.start()
+    conn = database.connect(settings.database_path)
+    report_id = pool.submit({})
+    wait_for(conn, report_id)
+    time.sleep(1)  # 0.00001 days is 0.86 s
+    assert pool.sweep()["expired"] == 1 and database.get_report_job(conn, report_id) is None
+    conn.close()
+
+
+def test_delete_removes_the_job_and_its_file(settings, pools):
+    pool = pools(settings, generate=FakeEngine()).start()
+    conn = database.connect(settings.database_path)
+    report_id = pool.submit({})
+    wait_for(conn, report_id)
+    assert (settings.reports_dir / f"{report_id}.csv").exists()
+    assert pool.delete(report_id) is True
+    assert database.get_report_job(conn, report_id) is None
+    assert not (settings.reports_dir / f"{report_id}.csv").exists()
+    assert pool.delete(report_id) is False
+    conn.close()
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 64 KiB tmpfs of its own (real ENOSPC and EROFS); needs root, as on the CI machines."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_is_named_in_the_jobs_error(settings, pools, small_filesystem):
+    from dataclasses import replace
+
+    reports = small_filesystem / "reports"
+    reports.mkdir()
+    import os
+
+    filler = os.open(small_filesystem / "filler", os.O_WRONLY | os.O_CREAT)
+    try:  # fill the file system up
+        while os.write(filler, b"x" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(filler)
+    pool = pools(replace(settings, reports_dir=reports), generate=FakeEngine()).start()
+    conn = database.connect(settings.database_path)
+    job = wait_for(conn, pool.submit({}))
+    assert job["status"] == "Failed" and "the disk is full" in job["error"], job["error"]
+    conn.close()
+
+
+def test_a_read_only_reports_folder_is_named_in_the_jobs_error(settings, pools, small_filesystem):
+    import subprocess
+    from dataclasses import replace
+
+    reports = small_filesystem / "reports"
+    reports.mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], check=True)
+    pool = pools(replace(settings, reports_dir=reports), generate=FakeEngine()).start()
+    conn = database.connect(settings.database_path)
+    job = wait_for(conn, pool.submit({}))
+    assert job["status"] == "Failed" and "read-only" in job["error"], job["error"]
+    conn.close()
