@@ -14,6 +14,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import sqlite3
 import sys
 import time
@@ -86,6 +87,12 @@ CREATE TABLE IF NOT EXISTS reports (
     lease_until REAL                             -- Unix seconds; a Running job past it is taken over
 );
 CREATE INDEX IF NOT EXISTS reports_by_status ON reports (status);
+CREATE TABLE IF NOT EXISTS loads (              -- one row per table of each load, written in its transaction
+    load_id     INTEGER PRIMARY KEY,
+    finished_at TEXT NOT NULL,                   -- ISO 8601 UTC
+    table_name  TEXT NOT NULL,
+    summary     TEXT NOT NULL                    -- JSON: TableSummary.to_dict()
+);
 CREATE TABLE IF NOT EXISTS report_attempts (    -- one row per claim of a job: who ran it, how it ended
     report_id  TEXT NOT NULL,
     attempt    INTEGER NOT NULL,                -- reports.attempts after the claim
@@ -357,6 +364,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 COLUMN_ALIASES = {"day": "day_of_week", "dayofweek": "day_of_week", "day_of_week": "day_of_week"}
 
 EMPTY_STORE_ID = "empty store_id"
+UNSAFE_STORE_ID = "unsafe store_id"
 MISSING_VALUE = "missing value"
 UNKNOWN_STATUS = "unknown status"
 UNPARSABLE_TIMESTAMP = "unparsable timestamp"
@@ -373,6 +381,14 @@ TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?: ?UTC|Z
 # `HH:MM:SS` with an optional fraction; `H:MM` and `HH:MM` are read as `HH:MM:00`.
 TIME_RE = r"^(?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?P<f>\.\d{1,6})?)?$"
 DATE_RE = r"\d{4}-\d{2}-\d{2}"   # special_hours.date, a local calendar date; also checked to exist
+# A store id is opaque text, but it ends up in CSV files, logs and spreadsheets: at most MAX_STORE_ID
+# characters, no control characters (a CR split a JSON id into a phantom store; a NUL cannot be selected
+# again), and no first character a spreadsheet reads as a formula (=, +, -, @). One exception: a minus
+# followed by digits only, a negative integer id as the real data's signed 64-bit ids allow; a
+# spreadsheet reads it as a number, never as a formula (and report CSVs still quote it as text).
+MAX_STORE_ID = 255
+UNSAFE_STORE_ID_RE = r"[=+@]|-(?![0-9]+\Z)|.*[\x00-\x1f\x7f]"
+EXAMPLE_VALUE_CHARS = 80      # a reject's example shows at most this much of each value
 
 DEMO_STORES = 300             # size of the generated data set loaded on first start without data/*.csv
 BULK_CACHE_KIB = 256 * 1024   # page cache while loading (PRAGMA cache_size, KiB)
@@ -397,8 +413,8 @@ STATUS_MAKE_INACTIVE = (
 # as the whole-file load at both sizes. STATUS_BLOCK_BYTES is the CSV reader's block.
 STATUS_CHUNK_ROWS = 1_000_000
 STATUS_BLOCK_BYTES = 1 << 22
-STATUS_REASONS = (WRONG_FIELD_COUNT, EMPTY_STORE_ID, MISSING_VALUE, UNKNOWN_STATUS, UNPARSABLE_TIMESTAMP,
-                  IMPOSSIBLE_TIMESTAMP)
+STATUS_REASONS = (WRONG_FIELD_COUNT, EMPTY_STORE_ID, UNSAFE_STORE_ID, MISSING_VALUE, UNKNOWN_STATUS,
+                  UNPARSABLE_TIMESTAMP, IMPOSSIBLE_TIMESTAMP)
 
 
 class LoadError(Exception):
@@ -630,6 +646,12 @@ class _Rejects:
         self.reasons.append(reason)
         self.code[mask] = len(self.reasons)
 
+    def add_store_ids(self, store_id: pd.Series) -> None:
+        """The store-id checks every table shares: empty, then unsafe (see UNSAFE_STORE_ID_RE)."""
+        self.add(EMPTY_STORE_ID, (store_id == "").to_numpy())
+        unsafe = store_id.str.match(UNSAFE_STORE_ID_RE, flags=re.DOTALL) | (store_id.str.len() > MAX_STORE_ID)
+        self.add(UNSAFE_STORE_ID, unsafe.to_numpy(dtype=bool, na_value=True))
+
     @property
     def ok(self) -> np.ndarray:
         return self.code == 0
@@ -640,10 +662,17 @@ class _Rejects:
             if counts[index]:
                 position = int(np.argmax(self.code == index))
                 line = _line_number(self.frame, position)
-                values = ",".join(str(self.frame[column].iloc[position]) for column in self.columns)
+                values = ",".join(_example_value(self.frame[column].iloc[position]) for column in self.columns)
                 where = "line" if self.frame.attrs.get("from_csv") else "row"
                 summary.rejected[reason] = summary.rejected.get(reason, 0) + int(counts[index])
                 summary.examples.setdefault(reason, f"{where} {line}: {values}")
+
+
+def _example_value(value) -> str:
+    """A value as a reject example shows it: control characters escaped, long text cut short."""
+    text = str(value).encode("unicode_escape").decode("ascii") if re.search(r"[\x00-\x1f\x7f]", str(value)) \
+        else str(value)
+    return text if len(text) <= EXAMPLE_VALUE_CHARS else f"{text[:EXAMPLE_VALUE_CHARS]}… ({len(text):,} characters)"
 
 
 def _start_summary(frame: pd.DataFrame, table: str, source: str) -> TableSummary:
@@ -754,6 +783,7 @@ def ingest_store_status(conn: sqlite3.Connection, frame: pd.DataFrame, source: s
         load = _StatusLoad(conn, summary)
         load.add(frame, last=True)
         load.finish()
+        _record_load(conn, summary, started)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -869,8 +899,43 @@ def _ingest_status_csv(conn: sqlite3.Connection, name: str, data, names: list[st
     order = {reason: i for i, reason in enumerate(STATUS_REASONS)}
     summary.rejected = dict(sorted(summary.rejected.items(), key=lambda item: order.get(item[0], len(order))))
     summary.examples = dict(sorted(summary.examples.items(), key=lambda item: order.get(item[0], len(order))))
+    _record_load(conn, summary, started)  # the caller (load_files) holds the transaction
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _record_load(conn: sqlite3.Connection, summary: TableSummary, started: float) -> None:
+    """Log what a load of one table said, in the load's own transaction (see `loads`, `metrics_facts`)."""
+    summary.seconds = time.perf_counter() - started
+    conn.execute("INSERT INTO loads (finished_at, table_name, summary) VALUES (?, ?, ?)",
+                 (utc_now_iso(), summary.table, json.dumps(summary.to_dict())))
+
+
+def recent_loads(conn: sqlite3.Connection, limit: int = 10) -> list[dict]:
+    """The latest load summaries, newest first, each with its `finished_at`."""
+    return [{"finished_at": row[0], **json.loads(row[1])} for row in conn.execute(
+        "SELECT finished_at, summary FROM loads ORDER BY load_id DESC LIMIT ?", (limit,))]
+
+
+def metrics_facts(conn: sqlite3.Connection, report_seconds_buckets) -> dict:
+    """What /metrics exposes, in one read: jobs by status, completed report durations as cumulative
+    bucket counts, and rows ingested by table and outcome (summed over the load log)."""
+    jobs = dict(conn.execute("SELECT status, COUNT(*) FROM reports GROUP BY status").fetchall())
+    seconds = [row[0] for row in conn.execute("SELECT seconds FROM reports WHERE status = 'Complete' "
+                                              "AND seconds IS NOT NULL")]
+    buckets = [(bound, sum(1 for value in seconds if value <= bound)) for bound in report_seconds_buckets]
+    rows: dict[tuple[str, str], int] = {}
+    outcomes = ("new", "already_stored", "changed", "conflicting", "duplicates")
+    for table, new, stored, changed, conflicting, duplicates, rejected in conn.execute(f"""
+            SELECT table_name, {', '.join(f"SUM(json_extract(summary, '$.{o}'))" for o in outcomes)},
+                   SUM((SELECT COALESCE(SUM(value), 0) FROM json_each(summary, '$.rejected')))
+            FROM loads GROUP BY table_name"""):
+        for outcome, count in zip(outcomes + ("rejected",), (new, stored, changed, conflicting, duplicates,
+                                                               rejected)):
+            rows[(table, outcome)] = int(count or 0)
+    return {"jobs_by_status": jobs, "report_seconds": {"buckets": buckets, "count": len(seconds),
+                                                       "sum": float(sum(seconds))},
+            "rows_ingested": rows}
 
 
 def _source_bytes(data) -> int:
@@ -1052,7 +1117,7 @@ class _StatusLoad:
             micros, well_formed, valid = _parse_timestamps(stamp_text)
 
         rejects = _Rejects(frame, TABLE_COLUMNS["store_status"])
-        rejects.add(EMPTY_STORE_ID, (store_id == "").to_numpy())
+        rejects.add_store_ids(store_id)
         rejects.add(MISSING_VALUE, ((status == "") | (stamp_text == "")).to_numpy())
         active = (status == "active").to_numpy()
         rejects.add(UNKNOWN_STATUS, ~(active | (status == "inactive").to_numpy()))
@@ -1270,7 +1335,7 @@ def ingest_business_hours(conn: sqlite3.Connection, frame: pd.DataFrame, source:
     end = _as_text(frame["end_time_local"]).str.strip()
 
     rejects = _Rejects(frame, TABLE_COLUMNS["business_hours"])
-    rejects.add(EMPTY_STORE_ID, (store_id == "").to_numpy())
+    rejects.add_store_ids(store_id)
     rejects.add(MISSING_VALUE, ((day == "") | (start == "") | (end == "")).to_numpy())
     day_ok = day.str.fullmatch(r"\+?0*[0-6]").to_numpy(dtype=bool, na_value=False)
     rejects.add(BAD_DAY, ~day_ok)
@@ -1297,6 +1362,7 @@ def ingest_business_hours(conn: sqlite3.Connection, frame: pd.DataFrame, source:
         conn.executemany(
             "INSERT INTO business_hours (store_id, day_of_week, start_time_local, end_time_local) "
             "VALUES (?, ?, ?, ?)", zip(*(unique[column].tolist() for column in unique.columns)))
+        _record_load(conn, summary, started)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -1342,7 +1408,7 @@ def ingest_timezones(conn: sqlite3.Connection, frame: pd.DataFrame, source: str 
     zone = _as_text(frame["timezone_str"]).str.strip()
 
     rejects = _Rejects(frame, TABLE_COLUMNS["timezones"])
-    rejects.add(EMPTY_STORE_ID, (store_id == "").to_numpy())
+    rejects.add_store_ids(store_id)
     rejects.summarise(summary)
 
     ok = rejects.ok
@@ -1367,6 +1433,7 @@ def ingest_timezones(conn: sqlite3.Connection, frame: pd.DataFrame, source: str 
             "INSERT INTO timezones (store_id, timezone_str) VALUES (?, ?) "
             "ON CONFLICT (store_id) DO UPDATE SET timezone_str = excluded.timezone_str",
             unique.itertuples(index=False, name=None))
+        _record_load(conn, summary, started)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -1388,7 +1455,7 @@ def ingest_special_hours(conn: sqlite3.Connection, frame: pd.DataFrame, source: 
     end = _as_text(frame["end_time_local"]).str.strip()
 
     rejects = _Rejects(frame, TABLE_COLUMNS["special_hours"])
-    rejects.add(EMPTY_STORE_ID, (store_id == "").to_numpy())
+    rejects.add_store_ids(store_id)
     date_form = date.str.fullmatch(DATE_RE).to_numpy(dtype=bool, na_value=False)
     real_date = pd.to_datetime(date.where(date_form, ""), format="%Y-%m-%d", errors="coerce").notna().to_numpy()
     rejects.add(BAD_DATE, ~(date_form & real_date))
@@ -1419,6 +1486,7 @@ def ingest_special_hours(conn: sqlite3.Connection, frame: pd.DataFrame, source: 
         conn.executemany(
             f"INSERT INTO special_hours ({', '.join(SPECIAL_COLUMNS)}) VALUES (?, ?, ?, ?)",
             zip(*(unique[column].tolist() for column in SPECIAL_COLUMNS)))
+        _record_load(conn, summary, started)
     summary.seconds = time.perf_counter() - started
     return summary
 

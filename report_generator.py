@@ -729,14 +729,15 @@ def report_warnings(frame: pd.DataFrame, store_ids: Iterable[str] | None, first_
     return warnings
 
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# What a spreadsheet may run as a formula at the start of a cell (OWASP, CSV injection); a minus before
+# digits only is a negative number (the real data's ids are signed 64-bit integers), not a formula.
+FORMULA_START_RE = re.compile(r"[=+@\t\r]|-(?![0-9]+\Z)")
 
 
 def spreadsheet_safe(text: str) -> str:
     """A store id as a spreadsheet shows it, never as a formula: one that starts like a formula gets a
-    leading apostrophe (OWASP's advice for CSV injection). The loader rejects such ids; this protects
-    reports on ids stored before it did."""
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+    leading apostrophe. The loader rejects such ids; this protects reports on ids stored before it did."""
+    return "'" + text if FORMULA_START_RE.match(text) else text
 
 
 def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:

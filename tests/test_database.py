@@ -1103,3 +1103,40 @@ def test_progress_bar_on_a_terminal(db, fixtures_dir, monkeypatch):
     terminal.truncate(0)
     database.load_files(db, status=fixtures_dir / "store_status_2023.csv", progress=False)
     assert terminal.getvalue() == ""
+
+
+# --- unsafe store ids (issue 9: phantom stores, formula injection, unbounded length) -------------------
+
+UNSAFE_IDS = ['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "a\rb", "nul\x00id", "tab\tid", "x" * 256,
+              "-", "-12a"]
+SAFE_IDS = ["8419537941919820732", "-4506838894953744859", "x" * 255, "a=b", "a-b", "Ünïcødé", "0071"]
+
+
+def test_unsafe_store_ids_are_rejected_in_every_table(db):
+    ids = UNSAFE_IDS + SAFE_IDS
+    status = pd.DataFrame({"store_id": ids, "status": "active", "timestamp_utc": "2023-01-22 12:00:00 UTC"})
+    summary = database.ingest_store_status(db, status)
+    assert summary.rejected == {"unsafe store_id": len(UNSAFE_IDS)} and summary.new == len(SAFE_IDS)
+    assert {store for store, _ in polls(db)} == set(SAFE_IDS)
+    assert "\\r" in summary.examples["unsafe store_id"] or "HYPERLINK" in summary.examples["unsafe store_id"]
+    hours = pd.DataFrame({"store_id": ids, "day_of_week": "0", "start_time_local": "09:00:00",
+                          "end_time_local": "17:00:00"})
+    assert database.ingest_business_hours(db, hours).rejected == {"unsafe store_id": len(UNSAFE_IDS)}
+    zones = pd.DataFrame({"store_id": ids, "timezone_str": "America/New_York"})
+    assert database.ingest_timezones(db, zones).rejected == {"unsafe store_id": len(UNSAFE_IDS)}
+    special = pd.DataFrame({"store_id": ids, "date": "2023-12-25", "start_time_local": "",
+                            "end_time_local": ""})
+    assert database.ingest_special_hours(db, special).rejected == {"unsafe store_id": len(UNSAFE_IDS)}
+
+
+def test_unsafe_store_ids_in_a_streamed_csv_and_examples_stay_short(db, tmp_path):
+    path = write(tmp_path / "s.csv", STATUS_HEADER + "\n".join([
+        "ok,active,2023-01-22 12:00:00 UTC",
+        "=1+2,active,2023-01-22 12:00:00 UTC",
+        "y" * 1_000_000 + ",active,2023-01-22 12:00:00 UTC",
+    ]) + "\n")
+    summary = database.load_files(db, status=path)[0]
+    assert summary.rejected == {"unsafe store_id": 2} and summary.new == 1
+    assert summary.examples["unsafe store_id"] == "line 3: =1+2,active,2023-01-22 12:00:00 UTC"
+    long_example = database._example_value("y" * 1_000_000)
+    assert len(long_example) < 120 and "1,000,000 characters" in long_example
