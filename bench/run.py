@@ -43,8 +43,9 @@ if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
 RESULT_PREFIX = "BENCH_RESULT "
-TABLES = ("store_status", "business_hours", "timezones")
-LOAD_KEYWORDS = {"store_status": "status", "business_hours": "hours", "timezones": "timezones"}
+TABLES = ("store_status", "business_hours", "timezones", "special_hours")
+LOAD_KEYWORDS = {"store_status": "status", "business_hours": "hours", "timezones": "timezones",
+                 "special_hours": "special_hours"}
 TARGETS = {"ingest_s": 15.0, "report_s": 1.5, "memory_mb": 1024.0}
 POLL_INTERVAL_S = 0.025
 
@@ -89,9 +90,10 @@ def worker_ingest(args) -> int:
 
     import_s = time.perf_counter() - t_import
     conn = database.connect(args.db)
-    files = {"store_status": args.status, "business_hours": args.hours, "timezones": args.timezones}
+    files = {"store_status": args.status, "business_hours": args.hours, "timezones": args.timezones,
+             "special_hours": args.special_hours}
     seconds, summaries = {}, {}
-    for table in TABLES:
+    for table in (t for t in TABLES if files[t]):
         start = time.perf_counter()
         summaries[table] = [s.to_dict() for s in database.load_files(conn, **{LOAD_KEYWORDS[table]: files[table]})]
         seconds[table] = time.perf_counter() - start
@@ -302,21 +304,26 @@ def run(args, work: Path, children: list[Child]) -> dict:
     files = {"store_status": paths["store_status"],
              "business_hours": Path(args.hours).resolve() if args.hours else paths["business_hours"],
              "timezones": Path(args.timezones).resolve() if args.timezones else paths["timezones"]}
-    res["sources"] = {t: ("generated" if files[t] == paths.get(t) else str(files[t])) for t in TABLES}
+    if not args.no_special_hours:
+        files["special_hours"] = paths["special_hours"]
+    res["tables"] = list(files)
+    res["sources"] = {t: ("generated" if files[t] == paths.get(t) else str(files[t])) for t in files}
     from sample_data import count_rows  # the parent's own memory is not measured; the children's is
 
-    res["csv_rows"] = {t: count_rows(files[t]) for t in TABLES}
-    res["csv_mb"] = {t: files[t].stat().st_size / 2**20 for t in TABLES}
+    res["csv_rows"] = {t: count_rows(files[t]) for t in files}
+    res["csv_mb"] = {t: files[t].stat().st_size / 2**20 for t in files}
     print(f"generated {res['csv_rows']['store_status']:,} polls for {args.stores:,} stores "
           f"({_span(res)}) in {res['generate_s']:.1f} s", flush=True)
 
     # 2. ingest into a fresh database
+    options = ["--status", str(files["store_status"]), "--hours", str(files["business_hours"]),
+               "--timezones", str(files["timezones"])]
+    if "special_hours" in files:
+        options += ["--special-hours", str(files["special_hours"])]
     if args.ingest == "cli":
-        cmd = [py, str(PROJECT / "database.py"), "load", "--db", str(db_path), "--status", str(files["store_status"]),
-               "--hours", str(files["business_hours"]), "--timezones", str(files["timezones"])]
+        cmd = [py, str(PROJECT / "database.py"), "load", "--db", str(db_path), *options]
     else:
-        cmd = [py, me, "_worker", "ingest", "--db", str(db_path), "--status", str(files["store_status"]),
-               "--hours", str(files["business_hours"]), "--timezones", str(files["timezones"])]
+        cmd = [py, me, "_worker", "ingest", "--db", str(db_path), *options]
     child = Child(cmd, logs, "ingest")
     children.append(child)
     if child.wait() != 0:
@@ -324,7 +331,7 @@ def run(args, work: Path, children: list[Child]) -> dict:
     ingest = child.result() or {}
     if args.ingest == "cli":
         with sqlite3.connect(db_path) as conn:
-            ingest["counts"] = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
+            ingest["counts"] = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in files}
         ingest["cli_output"] = child.output()[-3000:]
         timed = re.search(r" in ([0-9.]+) s", ingest["cli_output"].strip().splitlines()[-1] if ingest["cli_output"].strip() else "")
         if timed:  # the CLI's own figure: connect + read + load, without interpreter start-up
@@ -425,7 +432,8 @@ def render(res: dict) -> str:
     out.append(f"store-monitoring benchmark: {res['date']}; {res['machine']}; load average before: {load}")
     out.append(f"scale {scale} ({res['scale_mode']}, seed {res['seed']}): {res['stores']:,} stores, {_span(res)} "
                f"= {polls:,} polls; hours {res['sources']['business_hours']}, "
-               f"timezones {res['sources']['timezones']}; data generated in {res['generate_s']:.1f} s")
+               f"timezones {res['sources']['timezones']}, special hours "
+               f"{res['sources'].get('special_hours', 'none')}; data generated in {res['generate_s']:.1f} s")
     if scale != 1:
         out.append("(the ingest/report/memory targets are for scale 1; at this scale compare with the scale-1 table)")
     out.append("")
@@ -435,7 +443,7 @@ def render(res: dict) -> str:
                  _f(res.get("generate_peak_rss_mb"), "{:.0f}"), ""))
     seconds = ingest.get("seconds") or {}
     counts = ingest.get("counts") or {}
-    for table in TABLES:
+    for table in res.get("tables", TABLES[:3]):
         s = seconds.get(table)
         read = res["csv_rows"][table]
         rows.append((f"ingest {table}", f"{read:,} -> {counts.get(table, 0):,}", _f(s),
@@ -490,6 +498,8 @@ def parse_args(argv):
     parser.add_argument("--id-style", choices=("int64", "uuid"), default="int64")
     parser.add_argument("--hours", help="a real business-hours CSV to use instead of generated hours")
     parser.add_argument("--timezones", help="a real timezones CSV to use instead of generated timezones")
+    parser.add_argument("--no-special-hours", action="store_true",
+                        help="do not load the generated special_hours.csv (holidays for 20%% of the stores)")
     parser.add_argument("--ingest", choices=("load_files", "cli"), default="load_files",
                         help="load with database.load_files per table (default) or the `database.py load` CLI")
     parser.add_argument("--runs", type=int, default=3, help="direct engine runs for the median (0: skip)")
@@ -515,6 +525,7 @@ def worker_main(argv) -> int:
     parser.add_argument("--status")
     parser.add_argument("--hours")
     parser.add_argument("--timezones")
+    parser.add_argument("--special-hours")
     parser.add_argument("--reports")
     parser.add_argument("--data-dir")
     parser.add_argument("--out")
