@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run dev test bench load clean
+.PHONY: run dev test bench soak load clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) bench/run.py $(ARGS)
+
+# Fault-and-load soak: two real servers on 127.0.0.1, 200 triggers, concurrent uploads, kill -9 (bench/soak.py).
+soak: $(VENV)/.installed
+	$(PY) bench/soak.py $(ARGS)
 
 load: $(VENV)/.installed
 	$(PY) database.py load $(ARGS)
