@@ -306,6 +306,40 @@ def compute_report(polls: pd.DataFrame, business_hours: pd.DataFrame, timezones:
     store_ids: report only these stores. extended: add the unknown_last_* columns.
     Metadata (the report's now, reach, timezone counts, stale stores) is returned in `frame.attrs`.
     """
+    parts = _compute(polls, business_hours, timezones, now, special_hours, reach_minutes, default_timezone,
+                     store_ids)
+    p, iv, segments = parts.polls, parts.intervals, parts.segments
+    result = {"store_id": p.stores, **_window_totals(p, iv, segments)}
+    text_order = np.argsort(np.asarray(p.stores, dtype=object), kind="stable")
+    frame = pd.DataFrame(result)[EXTENDED_COLUMNS if extended else STANDARD_COLUMNS]
+    frame = frame.iloc[text_order].reset_index(drop=True)
+    frame.attrs.update({
+        "now": pd.Timestamp(p.now_us, unit="us", tz="UTC"),
+        "reach_minutes": None if reach_minutes is None else int(reach_minutes),
+        "stores": len(p.stores),
+        "stores_without_timezone": parts.n_missing_tz,
+        "stores_with_unknown_timezone": parts.n_unknown_tz,
+        "stores_without_polls_this_week": parts.n_stale,
+        "default_timezone": default_timezone,
+    })
+    return frame
+
+
+@dataclass
+class _Computation:
+    """Everything a report is made of: the polls read, the business intervals, each poll's segment."""
+    polls: "_Polls"
+    intervals: "_Intervals"
+    segments: "_Segments"
+    zone_of_store: np.ndarray
+    zones: np.ndarray
+    n_missing_tz: int
+    n_unknown_tz: int
+    n_stale: int          # stores whose last poll is older than the week window
+
+
+def _compute(polls, business_hours, timezones, now, special_hours, reach_minutes, default_timezone,
+             store_ids) -> _Computation:
     if default_timezone not in KNOWN_ZONES:
         raise ReportError(f"default timezone {default_timezone!r} is not in the tz database")
     if reach_minutes is not None and not (isinstance(reach_minutes, (int, np.integer))
@@ -316,16 +350,21 @@ def compute_report(polls: pd.DataFrame, business_hours: pd.DataFrame, timezones:
     p = _read_polls(polls, now, store_ids)
     zone_of_store, zones, n_missing_tz, n_unknown_tz = _resolve_timezones(p.stores, timezones, default_timezone)
     week_start = p.now_us - WEEK_US
-    n_stores = len(p.stores)
-    last_poll = np.full(n_stores, np.iinfo(np.int64).min)
+    last_poll = np.full(len(p.stores), np.iinfo(np.int64).min)
     np.maximum.at(last_poll, p.store, p.t_us)
     iv = _store_intervals(business_hours, special_hours, p, zone_of_store, zones, week_start, reach_us)
     p = _fold_stale_polls(p, iv.neg_inf)
     segments = _nearest_poll_segments(p, iv, reach_us)
+    return _Computation(p, iv, segments, zone_of_store, zones, n_missing_tz, n_unknown_tz,
+                        int((last_poll < week_start).sum()))
 
+
+def _window_totals(p: "_Polls", iv: "_Intervals", segments: "_Segments") -> dict[str, np.ndarray]:
+    """The report's figures per store (in store-number order), rounded, by column name."""
+    n_stores = len(p.stores)
     seg_store = iv.store[segments.interval]
     end_ticks = TICKS_PER_US * p.now_us
-    result = {"store_id": p.stores}
+    result = {}
     for name, length in WINDOWS:
         window_begin = TICKS_PER_US * (p.now_us - length)
         covered = _overlap(segments.begin, segments.end, window_begin, end_ticks)
@@ -338,20 +377,7 @@ def compute_report(polls: pd.DataFrame, business_hours: pd.DataFrame, timezones:
         result[f"uptime_last_{name}"] = _round_hundredths(up, unit)
         result[f"downtime_last_{name}"] = _round_hundredths(down, unit)
         result[f"unknown_last_{name}"] = _round_hundredths(business - up - down, unit)
-
-    text_order = np.argsort(np.asarray(p.stores, dtype=object), kind="stable")
-    frame = pd.DataFrame(result)[EXTENDED_COLUMNS if extended else STANDARD_COLUMNS]
-    frame = frame.iloc[text_order].reset_index(drop=True)
-    frame.attrs.update({
-        "now": pd.Timestamp(p.now_us, unit="us", tz="UTC"),
-        "reach_minutes": None if reach_minutes is None else int(reach_minutes),
-        "stores": n_stores,
-        "stores_without_timezone": n_missing_tz,
-        "stores_with_unknown_timezone": n_unknown_tz,
-        "stores_without_polls_this_week": int((last_poll < week_start).sum()),
-        "default_timezone": default_timezone,
-    })
-    return frame
+    return result
 
 
 @dataclass
@@ -602,11 +628,12 @@ def _fold_stale_polls(p: _Polls, neg_inf: int) -> _Polls:
 
 @dataclass
 class _Segments:
-    """Each evidence poll owns [begin, end) in ticks, within its business interval `interval`."""
+    """Each evidence poll (at `t_us`) owns [begin, end) in ticks, within its business interval `interval`."""
     interval: np.ndarray
     begin: np.ndarray
     end: np.ndarray
     active: np.ndarray
+    t_us: np.ndarray
 
 
 def _nearest_poll_segments(p: _Polls, iv: _Intervals, reach_us: int | None) -> _Segments:
@@ -653,12 +680,138 @@ def _nearest_poll_segments(p: _Polls, iv: _Intervals, reach_us: int | None) -> _
         # in its own segment, so clipping never turns a segment inside out.
         begin = np.maximum(begin, TICKS_PER_US * (t - reach_us))
         end = np.minimum(end, TICKS_PER_US * (t + reach_us))
-    return _Segments(g, begin, end, active)
+    return _Segments(g, begin, end, active, t)
 
 
 def _overlap(begin: np.ndarray, end: np.ndarray, window_begin: int, window_end: int) -> np.ndarray:
     """Length of [begin, end) inside [window_begin, window_end), as float64 weights for bincount."""
     return np.clip(np.minimum(end, window_end) - np.maximum(begin, window_begin), 0, None).astype(np.float64)
+
+
+# --- one store's timeline: what each figure is made of --------------------------------------------------
+
+def store_timeline(polls: pd.DataFrame, business_hours: pd.DataFrame, timezones: pd.DataFrame, now=None, *,
+                   store_id: str, special_hours: pd.DataFrame | None = None,
+                   reach_minutes: int | None = DEFAULT_REACH_MINUTES, default_timezone: str = DEFAULT_TIMEZONE,
+                   days: int = 7) -> dict:
+    """Why one store's report row says what it says, over the last `days` (1..7) before `now`.
+
+    The same computation as `compute_report` (restricted to the store, which changes nothing: stores are
+    independent), laid out as JSON-ready lists: its business intervals (UTC and local, special dates
+    marked), its polls (and whether each is evidence), and segments covering all business time from
+    `from` to `now`: `up`/`down` with the poll whose status they take, `unknown` where no poll speaks.
+    `totals` is the store's report row under the report's column names. Raises KeyError for a store
+    without a poll at or before now.
+    """
+    if not 1 <= int(days) <= 7:
+        raise ReportError(f"days must be from 1 to 7, got {days!r}")
+    parts = _compute(polls, business_hours, timezones, now, special_hours, reach_minutes, default_timezone,
+                     [store_id])
+    p, iv, seg = parts.polls, parts.intervals, parts.segments
+    if list(p.stores) != [store_id]:
+        raise KeyError(store_id)
+    totals = {name: float(values[0]) for name, values in _window_totals(p, iv, seg).items()}
+    zone_name = str(parts.zones[parts.zone_of_store[0]])
+    tz = pytz.timezone(zone_name)
+    given = timezones[timezones["store_id"].astype(str) == store_id]["timezone_str"]
+    given_name = "" if given.empty or pd.isna(given.iloc[-1]) else str(given.iloc[-1]).strip()
+    source = "store" if given_name == zone_name else ("default (missing)" if not given_name else "default (unknown)")
+    from_us = p.now_us - int(days) * US_PER_DAY
+
+    def utc(ticks: int) -> str:  # ticks are half microseconds; the half is dropped for display
+        return pd.Timestamp(int(ticks) // TICKS_PER_US, unit="us", tz="UTC").isoformat().replace("+00:00", "Z")
+
+    def local(us: int) -> str:
+        return pd.Timestamp(int(us), unit="us", tz="UTC").tz_convert(tz).isoformat()
+
+    special = _special_rows(special_hours, p)
+    special_dates = sorted({int(d) for d in special.date})
+    intervals, segments = [], []
+    for k in np.flatnonzero((iv.end > from_us) & (iv.begin < p.now_us)):
+        begin, end = max(int(iv.begin[k]), from_us), int(iv.end[k])
+        local_dates = {(pd.Timestamp(begin, unit="us", tz="UTC").tz_convert(tz).date() - EPOCH_DATE).days,
+                       (pd.Timestamp(end - 1, unit="us", tz="UTC").tz_convert(tz).date() - EPOCH_DATE).days}
+        marked = [d for d in special_dates if min(local_dates) <= d <= max(local_dates)]
+        intervals.append({"begin": utc(TICKS_PER_US * begin), "end": utc(TICKS_PER_US * end),
+                          "begin_local": local(begin), "end_local": local(end),
+                          "special_date": str(EPOCH_DATE + timedelta(days=marked[0])) if marked else None})
+        # Walk the interval: each poll's segment, and unknown time before, between and after them.
+        cursor = TICKS_PER_US * begin
+        for j in np.flatnonzero(seg.interval == k):
+            seg_begin, seg_end = max(int(seg.begin[j]), TICKS_PER_US * from_us), int(seg.end[j])
+            if seg_end <= cursor:
+                continue
+            if seg_begin > cursor:
+                segments.append(_segment(cursor, seg_begin, "unknown", None, utc))
+            segments.append(_segment(max(seg_begin, cursor), seg_end, "up" if seg.active[j] else "down",
+                                     int(seg.t_us[j]), utc))
+            cursor = seg_end
+        if cursor < TICKS_PER_US * end:
+            segments.append(_segment(cursor, TICKS_PER_US * end, "unknown", None, utc))
+
+    evidence = set(seg.t_us.tolist())
+    shown = np.flatnonzero(p.t_us >= from_us - US_PER_DAY)  # the day before `from` explains its first hours
+    poll_list = [{"at": utc(TICKS_PER_US * int(p.t_us[i])), "status": "active" if p.active[i] else "inactive",
+                  "evidence": int(p.t_us[i]) in evidence} for i in shown[np.argsort(p.t_us[shown], kind="stable")]]
+    by_date: dict[int, list] = {}
+    for date_number, start, end, closed in zip(special.date, special.start_us, special.end_us, special.closed):
+        hours = by_date.setdefault(int(date_number), [])
+        if not closed:
+            hours.append([_clock(int(start)), _clock(int(end) if end == US_PER_DAY else int(end) % US_PER_DAY)])
+    first_date = (pd.Timestamp(from_us, unit="us", tz="UTC").tz_convert(tz).date() - EPOCH_DATE).days - 1
+    return {
+        "store_id": store_id, "timezone": zone_name, "timezone_source": source,
+        "now": utc(TICKS_PER_US * p.now_us), "from": utc(TICKS_PER_US * from_us),
+        "reach_minutes": None if reach_minutes is None else int(reach_minutes),
+        "business_intervals": intervals,
+        "special_dates": [{"date": str(EPOCH_DATE + timedelta(days=d)), "closed": not by_date[d], "hours": by_date[d]}
+                          for d in sorted(by_date) if d >= first_date],
+        "dst_changes": _dst_changes(tz, from_us, p.now_us),
+        "polls": poll_list, "segments": segments, "totals": totals,
+    }
+
+
+def _segment(begin_ticks: int, end_ticks: int, status: str, poll_us: int | None, utc) -> dict:
+    return {"begin": utc(begin_ticks), "end": utc(end_ticks), "status": status,
+            "seconds": (end_ticks - begin_ticks) / (TICKS_PER_US * US_PER_SECOND),
+            "poll": None if poll_us is None else utc(TICKS_PER_US * poll_us)}
+
+
+def _clock(us: int) -> str:
+    """Microseconds after local midnight as 'HH:MM:SS' (24:00:00 for the end of the day)."""
+    seconds = us // US_PER_SECOND
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _dst_changes(tz, from_us: int, to_us: int) -> list[dict]:
+    """The zone's UTC offset changes in [from_us, to_us): when, and the offsets before and after."""
+    changes = []
+    transitions = getattr(tz, "_utc_transition_times", [])
+    for index, moment in enumerate(transitions):
+        at = int(pd.Timestamp(moment).tz_localize("UTC").as_unit("us").asm8.astype("int64")) if index else None
+        if at is None or not from_us <= at < to_us:
+            continue
+        before = pd.Timestamp(at - 1, unit="us", tz="UTC").tz_convert(tz).strftime("%z")
+        after = pd.Timestamp(at, unit="us", tz="UTC").tz_convert(tz).strftime("%z")
+        changes.append({"at": pd.Timestamp(at, unit="us", tz="UTC").isoformat().replace("+00:00", "Z"),
+                        "offset_before": f"{before[:3]}:{before[3:]}", "offset_after": f"{after[:3]}:{after[3:]}"})
+    return changes
+
+
+def generate_timeline(database_path: str | Path, store_id: str, *, as_of=None,
+                      reach_minutes: int | None = DEFAULT_REACH_MINUTES, days: int = 7,
+                      default_timezone: str = DEFAULT_TIMEZONE) -> dict:
+    """`store_timeline` from the database: the same read as a report restricted to this store."""
+    import database
+
+    inputs = database.read_report_inputs(database_path, lookback_us=WEEK_US,
+                                         as_of_us=None if as_of is None else _to_utc_us(as_of),
+                                         store_ids=[store_id])
+    if inputs.now is None:
+        raise ReportError("no polls have been loaded yet: load store_status data first")
+    return store_timeline(inputs.polls, inputs.business_hours, inputs.timezones, inputs.now, store_id=store_id,
+                          special_hours=inputs.special_hours, reach_minutes=reach_minutes,
+                          default_timezone=default_timezone, days=days)
 
 
 # --- from the database to a CSV file ---------------------------------------------------------------------
