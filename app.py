@@ -1,9 +1,20 @@
-"""HTTP API: trigger and poll report jobs, download reports, append polls and special hours, health, OpenAPI.
+"""The HTTP service: the JSON API (`api.py`), its OpenAPI document and Swagger UI, access, logs, errors.
 
 Served by gunicorn with `make run` (`gunicorn.conf.py`: several worker processes, each with its report
 worker threads); `python app.py --dev` runs Flask's development server in one process, for debugging only.
-Settings come from the environment or `.env` (see `config.py`). Every error answer is JSON
-`{"error": "..."}`; stack traces only go to the server log.
+Settings come from the environment or `.env` (see `config.py`).
+
+The app is a flask-openapi3 `OpenAPI` app. The API is one `APIBlueprint` (`api.build_api`): its requests
+and answers are pydantic models (`api_models.py`), which validate the requests and make the OpenAPI 3.1
+document, served at `/openapi.json` (and `/docs/openapi.json`); `/docs` is Swagger UI from the pinned
+flask-openapi3-swagger package's own files (nothing from another host). API errors are JSON
+`{"error": "..."}` (so is a 404 for a path nothing serves); stack traces only go to the server log. The
+pages (`dashboard.py`, blueprint `pages`: HTML, its own error pages and its own token check) sit beside
+the API and call the same service functions.
+
+Access: with `SM_API_TOKEN` set, every request but `/health` needs `Authorization: Bearer <token>`
+(compared in constant time), else 401 with `WWW-Authenticate`; the document then declares the scheme.
+Each request is one log line (`store_monitoring.access`): method, path, status, seconds, client address.
 
 Concurrency: each request opens its own short-lived SQLite connection (WAL mode, so reads never wait
 for a writer); report workers have their own connections (`jobs.py`). An ingestion request is one
@@ -13,70 +24,100 @@ of one request's polls. Report jobs are shared by every process on the database 
 from __future__ import annotations
 
 import argparse
-import csv
 import fcntl
-import os
-import io
-import json
+import hmac
 import logging
-import re
+import os
 import sqlite3
 import sys
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 
 import click
-from flask import Flask, Response, g, jsonify, request, send_file
+from flask import Flask, g, redirect, request, url_for
+from flask_openapi3 import Info, OpenAPI
+from flask_openapi3.models import OPENAPI3_REF_TEMPLATE
 from werkzeug.exceptions import HTTPException
 
+import api
+import api_models
+import dashboard
 import database
-from config import MAX_REACH_MINUTES, Settings
-from jobs import QueueFull, ReportJobs, iso_utc
+from api import API, EXTENSION, ApiError, error_response
+from config import Settings
+from jobs import ReportJobs
 
 log = logging.getLogger("store_monitoring.app")
+access_log = logging.getLogger("store_monitoring.access")
 
-# Largest request body accepted (POST /store_status appends polls; a trigger body is tiny). 32 MiB is
-# roughly 700k polls as CSV; bigger loads belong to `python database.py load`.
-MAX_BODY_BYTES = 32 * 1024 * 1024
-MAX_STORE_IDS = 100_000
-TRIGGER_KEYS = {"as_of", "store_ids", "columns", "reach_minutes"}
-COLUMN_SETS = ("standard", "extended")
-POLL_KEYS = ("store_id", "status", "timestamp_utc")
-SPECIAL_KEYS = ("store_id", "date", "start_time_local", "end_time_local")
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-CSV_TYPES = {"text/csv", "application/csv", "text/plain"}
-EXTENSION = "store_monitoring"
+PAGES = "pages"            # a blueprint of HTML pages checks the token and shows errors itself
+DOC_ENDPOINTS = {"docs", "openapi_document"}   # /docs and /openapi.json (and the blueprints below)
+DOC_BLUEPRINTS = {"openapi", "swagger"}        # flask-openapi3's /docs/openapi.json, Swagger UI and its files
+DOCS_PREFIX = "/docs"
+API_VERSION = "2.0.0"
+MAX_BODY_BYTES = api.MAX_UPLOAD_BYTES   # werkzeug's own limit for anything read through Flask
+BEARER = "bearer"
+UNEXPECTED = "Unexpected server error (the details are only in the server log)"
 
 
-class ApiError(Exception):
-    """A client error answered as `{"error": message}` with `status`."""
+class ServiceOpenAPI(OpenAPI):
+    """flask-openapi3's app, with the document finished the way this service answers: every operation
+    may answer 500 (and 401 when a token is required), the 400 that the library adds to operations
+    without input is dropped, and the bearer scheme is declared when a token is configured."""
 
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+    token_required = False
 
-
-def error_response(status: int, message: str, headers: dict | None = None) -> Response:
-    response = jsonify({"error": message})
-    response.status_code = status
-    for key, value in (headers or {}).items():
-        response.headers[key] = value
-    return response
+    def generate_spec_json(self):
+        super().generate_spec_json()
+        document = self.spec_json
+        for name, adapter in api_models.UPLOAD_ITEMS.items():   # the JSON items of the upload bodies
+            document["components"]["schemas"][name] = adapter.json_schema(ref_template=OPENAPI3_REF_TEMPLATE)
+        for path, item in document["paths"].items():
+            for operation in item.values():
+                responses = operation["responses"]
+                schema = responses.get("400", {}).get("content", {}).get("application/json", {}).get("schema", {})
+                if schema.get("type") == "array":   # the library's default validation answer: not ours
+                    del responses["400"]
+                responses.setdefault("500", {**api.ERROR, "description": UNEXPECTED})
+                if self.token_required and operation.get("security") != []:
+                    responses.setdefault("401", {
+                        **api.ERROR, "description": "Missing or wrong `Authorization: Bearer <token>`",
+                        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}}})
+                elif not self.token_required:
+                    operation.pop("security", None)
+        if self.token_required:
+            document["security"] = [{BEARER: []}]
+        elif not document["components"].get("securitySchemes"):
+            document["components"].pop("securitySchemes", None)   # (Swagger UI would offer to authorize)
+        return document
 
 
 # --- application factory ----------------------------------------------------------------------------
 
 def create_app(settings: Settings | None = None, *, start_workers: bool = True, load_data: bool = False,
-               generate=None) -> Flask:
+               generate=None) -> OpenAPI:
     """The Flask app. `start_workers=False` gives an app whose jobs stay Queued (no worker threads).
 
-    `load_data=True` (used by `python app.py`) loads `data_dir`'s CSVs, or a generated demo set, into an
-    empty database. `generate` replaces `report_generator.generate_report` (tests).
+    `load_data=True` (used by `python app.py --dev`) loads `data_dir`'s CSVs, or a generated demo set, into
+    an empty database. `generate` replaces `report_generator.generate_report` (tests).
     Call `shutdown(app)` (or `app.extensions["store_monitoring"].close()`) to stop the workers.
     """
     settings = settings or Settings.from_env()
-    app = Flask(__name__, static_folder=None)
+    token_required = bool(settings.api_token)
+    app = ServiceOpenAPI(
+        __name__, static_folder=None,
+        info=Info(title="store-monitoring", version=API_VERSION, description=(
+            "Uptime and downtime of stores within their business hours over the last hour, day and week, "
+            "computed from hourly polls. Reports run as background jobs: trigger, poll, download. Every error "
+            "answer is JSON {\"error\": \"...\"}." + (" Every operation but /health needs "
+                                                       "`Authorization: Bearer <token>`." if token_required else ""))),
+        security_schemes={BEARER: {"type": "http", "scheme": "bearer"}} if token_required else {},
+        validation_error_status=400, validation_error_model=api_models.Error,
+        validation_error_callback=api.validation_error_response,
+        doc_prefix=DOCS_PREFIX, doc_url="/openapi.json")
+    app.token_required = token_required
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["SWAGGER_CONFIG"] = {"validatorUrl": None}   # Swagger UI would send the document to swagger.io
     app.json.sort_keys = False
 
     if load_data:
@@ -84,16 +125,25 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True, 
     else:
         database.connect(settings.database_path).close()  # creates the schema before anything else runs
     Path(settings.reports_dir).mkdir(parents=True, exist_ok=True)
+    stale = api.remove_stale_uploads(api.uploads_dir(settings))
+    if stale:
+        log.info("removed %d upload files left by a stopped process", stale)
 
     jobs = ReportJobs(settings, generate=generate, logger=log)
     if start_workers:
         jobs.start()
     app.extensions[EXTENSION] = jobs
+    app.extensions[api.UPLOADS_EXTENSION] = api.new_upload_slots()
     app.config["SM_SETTINGS"] = settings
 
-    app.teardown_appcontext(_close_connection)
+    app.before_request(_start_timer)
+    app.before_request(_require_token)
+    app.after_request(_log_request)
+    app.teardown_appcontext(api.close_connection)
     _register_error_handlers(app)
-    _register_routes(app)
+    app.register_api(api.build_api())
+    app.register_blueprint(dashboard.create_pages_blueprint())   # the pages: HTML, beside the API
+    _register_docs(app)
     _register_cli(app)
     return app
 
@@ -139,29 +189,78 @@ def shutdown(app: Flask, timeout: float | None = 30.0) -> None:
     app.extensions[EXTENSION].close(timeout)
 
 
-def _settings() -> Settings:
-    from flask import current_app
+def _register_docs(app: OpenAPI) -> None:
+    """`/openapi.json` (the document) and `/docs` (Swagger UI; its page and files come from the
+    flask-openapi3-swagger package, under /docs/swagger)."""
 
-    return current_app.config["SM_SETTINGS"]
+    @app.get("/openapi.json", doc_ui=False)
+    def openapi_document():
+        return app.api_doc
 
-
-def _jobs() -> ReportJobs:
-    from flask import current_app
-
-    return current_app.extensions[EXTENSION]
-
-
-def db():
-    """This request's connection, opened on first use and closed at teardown."""
-    if "db" not in g:
-        g.db = database.connect(_settings().database_path)
-    return g.db
+    @app.get(DOCS_PREFIX, doc_ui=False)
+    def docs():
+        return redirect(url_for("swagger.swagger"))
 
 
-def _close_connection(_exc=None) -> None:
-    conn = g.pop("db", None)
-    if conn is not None:
-        conn.close()
+# --- access and the request log ---------------------------------------------------------------------
+
+def _start_timer() -> None:
+    g.started = time.perf_counter()
+
+
+def _require_token():
+    """With SM_API_TOKEN set: `Authorization: Bearer <token>` on everything but /health. The pages check
+    it themselves (from the header or their login cookie); the documentation (/docs, /openapi.json) also
+    takes the pages' login cookie, so that a browser that logged in can read it (/docs sends one that did
+    not to the login page). The API itself takes the header only."""
+    expected = request_settings().api_token
+    if not expected or request.endpoint == f"{API}.health" or PAGES in request.blueprints:
+        return None
+    documentation = request.endpoint in DOC_ENDPOINTS or (request.blueprint or "") in DOC_BLUEPRINTS
+    if documentation and _same_token(request.cookies.get(dashboard.TOKEN_COOKIE, ""), expected):
+        return None
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    challenge = 'Bearer realm="store-monitoring"'
+    if scheme.lower() != "bearer" or not presented.strip():
+        if request.endpoint == "docs":
+            return redirect(url_for("pages.login", next=request.path))
+        return error_response(401, "this service needs the header `Authorization: Bearer <token>` "
+                                   "(the token is SM_API_TOKEN)", {"WWW-Authenticate": challenge})
+    if not _same_token(presented.strip(), expected):
+        return error_response(401, "the bearer token is not the service's token",
+                              {"WWW-Authenticate": f'{challenge}, error="invalid_token"'})
+    return None
+
+
+def _same_token(presented: str, expected: str) -> bool:
+    """Constant-time comparison of what the client sent with the configured token."""
+    if not presented:
+        return False
+    try:
+        given = presented.encode("latin-1")   # a header's bytes as the client sent them
+    except UnicodeEncodeError:
+        given = presented.encode("utf-8")
+    return hmac.compare_digest(given, expected.encode("utf-8"))
+
+
+def _log_request(response):
+    """One line per request: method, path (never the query or the headers), status, seconds, client."""
+    started = g.get("started")
+    seconds = time.perf_counter() - started if started is not None else 0.0
+    access_log.info("%s %s %d %.3f s %s", request.method, request.path, response.status_code, seconds,
+                    request.remote_addr or "-")
+    return response
+
+
+def request_settings() -> Settings:
+    return api.settings()
+
+
+# --- errors -----------------------------------------------------------------------------------------
+
+def _json_errors() -> bool:
+    """API errors are JSON; the pages answer their own errors in HTML (their blueprint's handlers)."""
+    return PAGES not in request.blueprints
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -171,6 +270,10 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        if exc.response is not None:   # a ready answer (flask-openapi3 aborts with its validation error)
+            return exc.response
+        if not _json_errors() or (exc.code or 500) < 400:
+            return exc
         messages = {
             404: "not found",
             405: f"method {request.method} is not allowed for {request.path}",
@@ -184,477 +287,6 @@ def _register_error_handlers(app: Flask) -> None:
     def unexpected(exc: Exception):
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal server error; the details are in the server log")
-
-
-# --- request parsing --------------------------------------------------------------------------------
-
-def parse_as_of(value) -> str:
-    """ISO 8601 instant -> normalized UTC text (`...Z`). An explicit offset is converted to UTC; a time
-    without offset is taken as UTC. Also accepts the data's own form `2023-01-22 12:09:39.388884 UTC`."""
-    if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, "as_of must be an ISO 8601 date-time string, e.g. \"2023-01-25T18:13:22Z\"")
-    text = value.strip()
-    if text.endswith(" UTC"):
-        text = text[:-4]
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ApiError(400, f"as_of is not a valid ISO 8601 date-time: {value!r} "
-                            "(expected e.g. \"2023-01-25T18:13:22Z\")") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    try:
-        moment = moment.astimezone(timezone.utc)
-    except OverflowError:
-        raise ApiError(400, f"as_of is out of range: {value!r}") from None
-    if not 1970 <= moment.year <= 2200:
-        raise ApiError(400, f"as_of must lie between the years 1970 and 2200: {value!r}")
-    return iso_utc(moment)
-
-
-def parse_json(raw: bytes):
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-    except RecursionError:  # nesting deeper than the parser can follow
-        raise ApiError(400, "request body is not usable JSON: nested too deeply") from None
-
-
-def parse_trigger_body() -> dict:
-    raw = request.get_data(cache=False)
-    if not raw.strip():
-        body = {}
-    else:
-        body = parse_json(raw)
-    if body is None:
-        body = {}
-    if not isinstance(body, dict):
-        raise ApiError(400, "request body must be a JSON object with optional keys as_of, store_ids, columns")
-    unknown = sorted(set(body) - TRIGGER_KEYS)
-    if unknown:
-        raise ApiError(400, f"unknown key(s) {', '.join(map(repr, unknown))}; "
-                            "allowed: as_of, store_ids, columns, reach_minutes")
-
-    params = {"as_of": None, "store_ids": None, "columns": "standard",
-              "reach_minutes": _settings().poll_reach_minutes}
-    if "reach_minutes" in body:  # null is a value here: unbounded reach
-        reach = body["reach_minutes"]
-        if reach is not None and (isinstance(reach, bool) or not isinstance(reach, int)
-                                  or not 1 <= reach <= MAX_REACH_MINUTES):
-            raise ApiError(400, f"reach_minutes must be an integer from 1 to {MAX_REACH_MINUTES}, or null for "
-                                f"unbounded reach; got {json.dumps(reach)}")
-        params["reach_minutes"] = reach
-    if body.get("as_of") is not None:
-        params["as_of"] = parse_as_of(body["as_of"])
-    if body.get("store_ids") is not None:
-        store_ids = body["store_ids"]
-        if not isinstance(store_ids, list):
-            raise ApiError(400, "store_ids must be a list of strings")
-        if not store_ids:
-            raise ApiError(400, "store_ids must not be empty; leave it out to report on every store")
-        if len(store_ids) > MAX_STORE_IDS:
-            raise ApiError(400, f"store_ids has {len(store_ids)} entries; the limit is {MAX_STORE_IDS}")
-        for index, item in enumerate(store_ids):
-            if not isinstance(item, str) or not item.strip():
-                raise ApiError(400, f"store_ids[{index}] must be a non-empty string, got {json.dumps(item)}")
-        # Stored ids are trimmed (the loader trims them), so the report must look them up trimmed too.
-        params["store_ids"] = list(dict.fromkeys(item.strip() for item in store_ids))
-    if body.get("columns") is not None:
-        columns = body["columns"]
-        if columns not in COLUMN_SETS:
-            raise ApiError(400, f"columns must be \"standard\" or \"extended\", got {json.dumps(columns)}")
-        params["columns"] = columns
-    return params
-
-
-def parse_report_id(value: str | None) -> str:
-    if value is None or not value.strip():
-        raise ApiError(400, "the report_id query parameter is required")
-    if not UUID_RE.match(value.strip()):
-        raise ApiError(400, f"report_id must be a UUID such as the one /trigger_report returned, got {value!r}")
-    return value.strip().lower()
-
-
-def polls_from_json(raw: bytes) -> io.BytesIO:
-    """A JSON list of {store_id, status, timestamp_utc} -> the same rows as CSV for the loader."""
-    return rows_from_json(raw, POLL_KEYS)
-
-
-def rows_from_json(raw: bytes, keys: tuple[str, ...]) -> io.BytesIO:
-    """A JSON list of objects with `keys` (a null or absent value is empty) -> the same rows as CSV."""
-    shape = "{" + ", ".join(keys) + "}"
-    items = parse_json(raw)
-    if not isinstance(items, list):
-        raise ApiError(400, f"a JSON body must be a list of objects {shape}")
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(keys)
-    for index, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ApiError(400, f"item {index} is not an object {shape}")
-        unknown = sorted(set(item) - set(keys))
-        if unknown:
-            raise ApiError(400, f"item {index} has unknown key(s) {', '.join(map(repr, unknown))}; "
-                                f"allowed: {', '.join(keys)}")
-        row = []
-        for key in keys:
-            value = item.get(key)
-            if value is None:
-                value = ""
-            elif isinstance(value, bool) or not isinstance(value, (str, int)):
-                raise ApiError(400, f"item {index}: {key} must be a string, got {json.dumps(value)}")
-            row.append(str(value))
-        writer.writerow(row)
-    try:
-        return io.BytesIO(text.getvalue().encode("utf-8"))
-    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" is valid JSON but not text
-        raise ApiError(400, "the JSON body contains a string that is not valid Unicode text") from None
-
-
-def wants_csv() -> bool:
-    best = request.accept_mimetypes.best_match(["application/json", "text/csv"])
-    return best == "text/csv" and request.accept_mimetypes["text/csv"] > request.accept_mimetypes["application/json"]
-
-
-# --- routes -----------------------------------------------------------------------------------------
-
-def _register_routes(app: Flask) -> None:
-    @app.post("/trigger_report")
-    def trigger_report():
-        params = parse_trigger_body()
-        try:
-            report_id = _jobs().submit(params, conn=db())
-        except QueueFull as exc:
-            return error_response(429, str(exc), {"Retry-After": str(exc.retry_after)})
-        response = jsonify({"report_id": report_id})
-        response.status_code = 202
-        response.headers["Location"] = f"/get_report?report_id={report_id}"
-        return response
-
-    @app.get("/get_report")
-    def get_report():
-        report_id = parse_report_id(request.args.get("report_id"))
-        job = database.get_report_job(db(), report_id)
-        if job is None:
-            raise ApiError(404, f"no report with id {report_id}")
-        status = job["status"]
-        if status in ("Queued", "Running"):
-            return jsonify({"status": "Running", "progress": round(float(job["progress"] or 0.0), 4)})
-        if status == "Failed":
-            return jsonify({"status": "Failed", "error": job["error"] or "the report failed"})
-        if wants_csv():
-            return _send_report(job)
-        meta = dict(job["meta"] or {})
-        warnings = meta.pop("warnings", [])
-        meta.pop("reach_minutes", None)  # the job's parameter below is the one the engine was given
-        return jsonify({
-            "status": "Complete",
-            "file": job["file"],  # the original project's answer: the report's name in reports/
-            "download_url": f"/reports/{report_id}.csv",
-            "rows": job["rows"],
-            "as_of": job["as_of"],
-            "reach_minutes": (job["params"] or {}).get("reach_minutes", _settings().poll_reach_minutes),
-            "warnings": warnings,
-            "seconds": job["seconds"],
-            "timings": job["timings"] or {},
-            "meta": meta,
-        })
-
-    @app.get("/reports/<uuid:report_id>.csv")
-    def download_report(report_id):
-        job = database.get_report_job(db(), str(report_id))
-        if job is None or job["status"] != "Complete":
-            raise ApiError(404, f"no completed report with id {report_id}")
-        return _send_report(job)
-
-    @app.post("/store_status")
-    def store_status():
-        return _ingest_upload("store_status", POLL_KEYS, database.ingest_store_status)
-
-    @app.post("/special_hours")
-    def special_hours():
-        return _ingest_upload("special_hours", SPECIAL_KEYS, database.ingest_special_hours)
-
-    @app.get("/health")
-    def health():
-        jobs = _jobs()
-        body = {"status": "ok", "database": "ok",
-                "workers": {"alive": jobs.alive(), "configured": jobs.workers},
-                "queue": {"depth": None, "limit": jobs.queue_limit}}
-        try:
-            body["queue"]["depth"] = jobs.depth(db())  # Queued jobs of every process: read from the table
-        except Exception:
-            log.exception("health check: database unreachable")
-            body["database"] = "unreachable"
-            body["status"] = "unhealthy"
-        if not jobs.running or jobs.alive() < jobs.workers:
-            body["status"] = "unhealthy"
-        response = jsonify(body)
-        response.status_code = 200 if body["status"] == "ok" else 503
-        return response
-
-    @app.get("/openapi.json")
-    def openapi():
-        return jsonify(openapi_document())
-
-
-def _ingest_upload(table: str, keys: tuple[str, ...], ingest) -> Response:
-    """The request body (CSV, or a JSON list of objects with `keys`) loaded by `ingest` in one
-    transaction; the answer is its load summary (`database.TableSummary.to_dict`)."""
-    raw = request.get_data(cache=False)
-    if not raw.strip():
-        raise ApiError(400, "the request body is empty; send CSV (Content-Type: text/csv) "
-                            "or a JSON list of {" + ", ".join(keys) + "}")
-    mimetype = request.mimetype
-    if not mimetype:
-        mimetype = "application/json" if raw.lstrip()[:1] in (b"[", b"{") else "text/csv"
-    if mimetype == "application/json" or mimetype.endswith("+json"):
-        source = rows_from_json(raw, keys)
-    elif mimetype in CSV_TYPES:
-        source = io.BytesIO(raw)
-    else:
-        raise ApiError(415, f"unsupported Content-Type {mimetype!r}; use text/csv or application/json")
-    try:
-        frame = database.read_table_csv(source, table)
-    except database.LoadError as exc:
-        raise ApiError(400, str(exc)) from None
-    try:
-        summary = ingest(db(), frame, source="<request>")
-    except database.LoadError as exc:
-        raise ApiError(400, str(exc)) from None
-    return jsonify(summary.to_dict())
-
-
-def _send_report(job: dict):
-    name = job.get("file")
-    reports_dir = Path(_settings().reports_dir).resolve()
-    # The name comes from the jobs table (written as "<uuid>.csv" by jobs.py); still refuse anything
-    # that is not a plain file name inside the reports directory.
-    if not name or Path(name).name != name:
-        raise ApiError(404, "the report file is not available")
-    path = reports_dir / name
-    if not path.is_file():
-        raise ApiError(404, "the report file is no longer available; trigger a new report")
-    return send_file(path, mimetype="text/csv", as_attachment=True,
-                     download_name=f"{job['report_id']}.csv", max_age=0)
-
-
-# --- OpenAPI ----------------------------------------------------------------------------------------
-
-def _error(description: str) -> dict:
-    return {"description": description,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-
-
-def openapi_document() -> dict:
-    """OpenAPI 3.0 description of every route; tests check it against `app.url_map` and real answers."""
-    report_id_path = {"name": "report_id", "in": "path", "required": True,
-                      "schema": {"type": "string", "format": "uuid"}}
-    csv_file = {"text/csv": {"schema": {"type": "string"}}}
-    document = {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "store-monitoring",
-            "version": "1.0.0",
-            "description": "Uptime/downtime of stores within business hours over the last hour, day and "
-                           "week, computed from hourly polls. Reports run as background jobs: trigger, "
-                           "poll, download. Every error answer is JSON {\"error\": \"...\"}.",
-        },
-        "paths": {
-            "/trigger_report": {"post": {
-                "summary": "Start a report job",
-                "requestBody": {"required": False, "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/TriggerRequest"}}}},
-                "responses": {
-                    "202": {"description": "Job accepted; poll /get_report with the id",
-                            "headers": {"Location": {"schema": {"type": "string"}}},
-                            "content": {"application/json": {"schema": {
-                                "type": "object", "required": ["report_id"],
-                                "properties": {"report_id": {"type": "string", "format": "uuid"}}}}}},
-                    "400": _error("Malformed body: invalid JSON, not an object, unknown key, bad as_of, "
-                                  "store_ids not a non-empty list of non-empty strings, unknown columns"),
-                    "413": _error("Body too large"),
-                    "429": {**_error("Queue full; retry after the given seconds"),
-                            "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
-                },
-            }},
-            "/get_report": {"get": {
-                "summary": "Status of a report job (or the CSV itself once complete, with Accept: text/csv)",
-                "parameters": [{"name": "report_id", "in": "query", "required": True,
-                                "schema": {"type": "string", "format": "uuid"}}],
-                "responses": {
-                    "200": {"description": "Job status; with `Accept: text/csv` and a complete job, the CSV",
-                            "content": {"application/json": {"schema": {"oneOf": [
-                                {"$ref": "#/components/schemas/ReportRunning"},
-                                {"$ref": "#/components/schemas/ReportComplete"},
-                                {"$ref": "#/components/schemas/ReportFailed"}]}},
-                                **csv_file}},
-                    "400": _error("report_id missing or not a UUID"),
-                    "404": _error("No report with this id (or its file is gone)"),
-                },
-            }},
-            "/reports/{report_id}.csv": {"get": {
-                "summary": "Download a completed report as a CSV attachment",
-                "parameters": [report_id_path],
-                "responses": {
-                    "200": {"description": "The report", "content": csv_file},
-                    "404": _error("No completed report with this id"),
-                },
-            }},
-            "/store_status": {"post": {
-                "summary": "Append polls (one transaction); rows that cannot be read are rejected and counted",
-                "requestBody": {"required": True, "content": {
-                    "text/csv": {"schema": {"type": "string",
-                                            "description": "Header store_id,status,timestamp_utc"}},
-                    "application/json": {"schema": {"type": "array",
-                                                    "items": {"$ref": "#/components/schemas/Poll"}}}}},
-                "responses": {
-                    "200": {"description": "Load summary: what each row read did (new, already stored, "
-                                           "changed, conflicting, duplicate, rejected by reason with examples)",
-                            "content": {"application/json": {"schema": {
-                                "$ref": "#/components/schemas/LoadSummary"}}}},
-                    "400": _error("Unusable body: empty, invalid JSON, not a list of objects, missing columns"),
-                    "413": _error("Body too large"),
-                    "415": _error("Content-Type is neither CSV nor JSON"),
-                },
-            }},
-            "/special_hours": {"post": {
-                "summary": "Load special hours (holidays, closures, one-day hours) in one transaction: they "
-                           "replace the stored rows of each (store, date) in the body; other dates are kept",
-                "requestBody": {"required": True, "content": {
-                    "text/csv": {"schema": {"type": "string", "description": (
-                        "Header store_id,date,start_time_local,end_time_local; both times empty = closed")}},
-                    "application/json": {"schema": {"type": "array",
-                                                    "items": {"$ref": "#/components/schemas/SpecialHours"}}}}},
-                "responses": {
-                    "200": {"description": "Load summary: new, already stored, duplicates, rejected by reason "
-                                           "(empty store_id, bad date, one time empty, time outside "
-                                           "00:00:00..23:59:59) with examples, and the stored rows removed",
-                            "content": {"application/json": {"schema": {
-                                "$ref": "#/components/schemas/LoadSummary"}}}},
-                    "400": _error("Unusable body: empty, invalid JSON, not a list of objects, missing columns"),
-                    "413": _error("Body too large"),
-                    "415": _error("Content-Type is neither CSV nor JSON"),
-                },
-            }},
-            "/health": {"get": {
-                "summary": "Database reachable and report workers alive",
-                "responses": {
-                    "200": {"description": "Healthy", "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Health"}}}},
-                    "503": {"description": "Unhealthy", "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/Health"}}}},
-                },
-            }},
-            "/openapi.json": {"get": {
-                "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3.0 document",
-                                      "content": {"application/json": {"schema": {"type": "object"}}}}},
-            }},
-        },
-        "components": {"schemas": {
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-            "TriggerRequest": {"type": "object", "additionalProperties": False, "properties": {
-                "as_of": {"type": "string", "format": "date-time",
-                          "description": "The report's `now`, ISO 8601. Without an offset it is UTC; an "
-                                         "explicit offset is converted to UTC. Default: the latest poll."},
-                "store_ids": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
-                              "description": "Only these stores (default: all)"},
-                "columns": {"type": "string", "enum": list(COLUMN_SETS), "default": "standard"},
-                "reach_minutes": {"type": "integer", "minimum": 1, "maximum": MAX_REACH_MINUTES, "nullable": True,
-                                  "description": "How far a poll speaks on either side of it, in minutes; "
-                                                 "null = unbounded (classic nearest poll). Default: the "
-                                                 "service's SM_POLL_REACH_MINUTES (120)."},
-            }},
-            "ReportRunning": {"type": "object", "required": ["status", "progress"], "properties": {
-                "status": {"type": "string", "enum": ["Running"]},
-                "progress": {"type": "number", "minimum": 0, "maximum": 1}}},
-            "ReportComplete": {"type": "object",
-                               "required": ["status", "file", "download_url", "rows", "as_of", "reach_minutes",
-                                            "warnings", "seconds"],
-                               "properties": {
-                                   "status": {"type": "string", "enum": ["Complete"]},
-                                   "file": {"type": "string", "description": "The report's file name"},
-                                   "reach_minutes": {"type": "integer", "nullable": True,
-                                                     "description": "The reach used; null = unbounded"},
-                                   "warnings": {"type": "array", "items": {
-                                       "type": "object", "required": ["code", "message"],
-                                       "properties": {"code": {"type": "string"}, "message": {"type": "string"},
-                                                      "count": {"type": "integer"},
-                                                      "examples": {"type": "array", "items": {"type": "string"}},
-                                                      "first_poll": {"type": "string"}}}},
-                                   "download_url": {"type": "string", "example": "/reports/<id>.csv"},
-                                   "rows": {"type": "integer"},
-                                   "as_of": {"type": "string", "format": "date-time"},
-                                   "seconds": {"type": "number"},
-                                   "timings": {"type": "object",
-                                               "additionalProperties": {"type": "number"},
-                                               "description": "Seconds spent in load, compute, write"},
-                                   "meta": {"type": "object", "description": (
-                                       "stores (rows), stores_without_timezone and "
-                                       "stores_with_unknown_timezone (both reported in default_timezone)"),
-                                       "properties": {
-                                           "stores": {"type": "integer"},
-                                           "stores_without_timezone": {"type": "integer"},
-                                           "stores_with_unknown_timezone": {"type": "integer"},
-                                           "stores_without_polls_this_week": {"type": "integer"},
-                                           "default_timezone": {"type": "string"}}}}},
-            "ReportFailed": {"type": "object", "required": ["status", "error"], "properties": {
-                "status": {"type": "string", "enum": ["Failed"]}, "error": {"type": "string"}}},
-            "Poll": {"type": "object", "required": ["store_id", "status", "timestamp_utc"],
-                     "additionalProperties": False, "properties": {
-                         "store_id": {"type": "string"},
-                         "status": {"type": "string", "enum": ["active", "inactive"]},
-                         "timestamp_utc": {"type": "string", "example": "2023-01-22 12:09:39.388884 UTC"}}},
-            "SpecialHours": {"type": "object", "required": ["store_id", "date"],
-                             "additionalProperties": False, "properties": {
-                                 "store_id": {"type": "string"},
-                                 "date": {"type": "string", "format": "date", "example": "2023-12-25",
-                                          "description": "The store's local calendar date"},
-                                 "start_time_local": {"type": "string", "nullable": True, "example": "12:00:00",
-                                                      "description": "Null or absent with end_time_local: closed"},
-                                 "end_time_local": {"type": "string", "nullable": True, "example": "14:00:00"}}},
-            "LoadSummary": {
-                "type": "object",
-                "description": "Every row read lands in exactly one of new, already_stored, changed, conflicting, "
-                               "duplicates and rejected (their counts add up to read). removed is not a row "
-                               "read: stored rows the body replaced and does not have. loaded (for older "
-                               "clients) = read - rejected - duplicates.",
-                "properties": {
-                    "table": {"type": "string"}, "source": {"type": "string"},
-                    "read": {"type": "integer", "description": "Data rows read"},
-                    "new": {"type": "integer", "description": "Rows the database did not have"},
-                    "already_stored": {"type": "integer", "description": "Identical to a stored row"},
-                    "changed": {"type": "integer", "description": (
-                        "store_status: stored active polls made inactive (inactive wins); timezones: stores "
-                        "whose zone changed")},
-                    "conflicting": {"type": "integer", "description": (
-                        "store_status: active rows at an instant that is inactive (stored, or in the body); "
-                        "inactive wins, so they change nothing")},
-                    "duplicates": {"type": "integer", "description": "Repeats of an earlier row of the body"},
-                    "rejected": {"type": "object", "additionalProperties": {"type": "integer"},
-                                 "description": "Reason -> count"},
-                    "examples": {"type": "object", "additionalProperties": {"type": "string"},
-                                 "description": "Reason -> one rejected row with its line (or row) number"},
-                    "removed": {"type": "integer", "description": (
-                        "special_hours / business_hours: stored rows of the body's (store, date) pairs / "
-                        "stores that the body replaced")},
-                    "loaded": {"type": "integer", "description": "read - rejected - duplicates (older clients)"},
-                    "seconds": {"type": "number"}}},
-            "Health": {"type": "object", "properties": {
-                "status": {"type": "string", "enum": ["ok", "unhealthy"]},
-                "database": {"type": "string"},
-                "workers": {"type": "object", "properties": {"alive": {"type": "integer"},
-                                                             "configured": {"type": "integer"}}},
-                "queue": {"type": "object", "properties": {"depth": {"type": "integer", "nullable": True},
-                                                           "limit": {"type": "integer"}}}}},
-        }},
-    }
-    for item in document["paths"].values():
-        for operation in item.values():
-            operation["responses"]["500"] = _error("Unexpected server error (details only in the server log)")
-    return document
 
 
 # --- entry point ------------------------------------------------------------------------------------
@@ -709,6 +341,7 @@ def _serve_dev(settings: Settings) -> int:
 
     from werkzeug.serving import make_server
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)   # the app logs each request itself
     try:
         server = make_server(settings.host, settings.port, _not_ready, threaded=True)
     except SystemExit:  # werkzeug has printed why (e.g. the port is in use)

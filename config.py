@@ -5,8 +5,9 @@ so `make run` needs no configuration at all.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field as dataclass_field, replace
 from pathlib import Path
 
 import pytz
@@ -36,6 +37,9 @@ class Settings:
     web_workers: int = 2          # gunicorn worker processes (`make run`); each runs `workers` report threads
     web_threads: int = 4          # request threads per web worker process
     job_lease_seconds: int = 30   # a running job's claim; renewed every third of it, taken over once expired
+    # When set, every endpoint but /health requires `Authorization: Bearer <api_token>` (app.py). Kept out
+    # of the dataclass's repr so that printing the settings never shows it.
+    api_token: str | None = dataclass_field(default=None, repr=False)
 
     # Environment variable for each field; documented in the README's configuration table.
     ENV_KEYS = {
@@ -52,6 +56,7 @@ class Settings:
         "web_workers": "SM_WEB_WORKERS",
         "web_threads": "SM_WEB_THREADS",
         "job_lease_seconds": "SM_JOB_LEASE_SECONDS",
+        "api_token": "SM_API_TOKEN",
     }
 
     @classmethod
@@ -96,7 +101,23 @@ class Settings:
         settings = replace(settings, **overrides) if overrides else settings
         if settings.default_timezone not in pytz.all_timezones_set:
             raise ValueError(f"SM_DEFAULT_TIMEZONE is not a tz database zone: {settings.default_timezone!r}")
+        if not settings.api_token and not is_loopback(settings.host):
+            raise ValueError(f"SM_HOST={settings.host} is reachable from other machines, and SM_API_TOKEN is not "
+                             "set: set SM_API_TOKEN (clients then send 'Authorization: Bearer <token>') or serve "
+                             "on 127.0.0.1")
         return settings
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine: `localhost` or a loopback address
+    (127.0.0.0/8, ::1). Anything else, `0.0.0.0` and `::` included, is reachable from outside."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def parse_reach(raw: str, key: str) -> int | None:

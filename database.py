@@ -522,23 +522,24 @@ def _normalise_header(names: list[str], table: str) -> list[str]:
     return out
 
 
-def read_table_csv(source, table: str) -> pd.DataFrame:
+def read_table_csv(source, table: str, name: str | None = None) -> pd.DataFrame:
     """Read one table's CSV (path, or binary/text file-like) into a DataFrame of str columns.
 
     Only the table's columns are kept, under their canonical names (`day`/`dayOfWeek` -> `day_of_week`).
     Handles a UTF-8 BOM, CRLF, quoting, a missing final newline. Rows with the wrong number of fields are
     skipped and counted (reported by the ingest functions as 'wrong number of fields'); everything else
     is validated by `ingest_*`. Raises LoadError for a missing/unreadable file or a missing column.
+    `name`: what messages and the summary call the source instead of its path (e.g. '<request>').
     """
-    name, data, names = _open_source(source, table)
+    name, data, names = _open_source(source, table, name)
     return _read_whole_csv(name, data, names, table)
 
 
-def _open_source(source, table: str) -> tuple[str, object, list[str]]:
+def _open_source(source, table: str, name: str | None = None) -> tuple[str, object, list[str]]:
     """(name, path or BytesIO, normalised column names) after the header checks; LoadError otherwise."""
     if table not in TABLE_COLUMNS:
         raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLE_COLUMNS)}")
-    name = _source_name(source)
+    name = name or _source_name(source)
     try:
         if isinstance(source, (str, Path)):
             with open(source, "rb") as handle:
@@ -560,7 +561,10 @@ def _open_source(source, table: str) -> tuple[str, object, list[str]]:
     if not header_text.strip():
         raise LoadError(f"{name}: empty file, expected a header row with "
                         f"{', '.join(TABLE_COLUMNS[table])}")
-    raw_names = next(csv.reader([header_text]))
+    try:
+        raw_names = next(csv.reader([header_text]))
+    except csv.Error as exc:  # e.g. a lone carriage return inside the header line
+        raise LoadError(f"{name}: unreadable header line ({exc})") from None
     names = _normalise_header(raw_names, table)
     missing = [column for column in TABLE_COLUMNS[table] if column not in names]
     if missing:
@@ -1497,14 +1501,16 @@ INGEST = {"business_hours": ingest_business_hours, "timezones": ingest_timezones
 
 
 def load_files(conn: sqlite3.Connection, status=None, hours=None, timezones=None, special_hours=None, *,
-               progress: bool | None = None) -> list[TableSummary]:
+               progress: bool | None = None, name: str | None = None) -> list[TableSummary]:
     """Load the given CSVs (paths or file-likes; None = skip that table) in ONE transaction.
 
     Every file's header is checked, and the hours, timezones and special-hours files are read, before
     anything is written. The status file is then streamed in chunks of STATUS_CHUNK_ROWS rows inside the
     same transaction (bounded memory for any file size), so a LoadError found midway (an unreadable part)
     also leaves the database as it was, including the other tables of the call. `progress`: the status
-    file's progress bar (None: on a terminal only; see `_progress_bar`).
+    file's progress bar (None: on a terminal only; see `_progress_bar`). `name`: what messages, summaries
+    and the load log call every source instead of its path (the HTTP API spools an upload to a temporary
+    file and says '<request>').
     """
     frames = []
     for table, source in (("store_status", status), ("business_hours", hours), ("timezones", timezones),
@@ -1512,9 +1518,9 @@ def load_files(conn: sqlite3.Connection, status=None, hours=None, timezones=None
         if source is None:
             continue
         if table == "store_status":
-            frames.append((table, _open_source(source, table)))
+            frames.append((table, _open_source(source, table, name)))
         else:
-            frames.append((table, read_table_csv(source, table)))
+            frames.append((table, read_table_csv(source, table, name)))
     summaries = []
     with _bulk_settings(conn), _write(conn):
         for table, frame in frames:

@@ -17,8 +17,9 @@ def test_defaults_run_on_one_machine():
 def test_environment_keys_are_read_and_overrides_win(tmp_path):
     env = {"SM_DATABASE": str(tmp_path / "x.sqlite3"), "SM_REPORTS_DIR": str(tmp_path / "r"),
            "SM_DATA_DIR": " ", "SM_DEFAULT_TIMEZONE": "America/New_York", "SM_HOST": "0.0.0.0",
-           "SM_PORT": "8080", "SM_WORKERS": "3", "SM_QUEUE_LIMIT": "5"}
+           "SM_PORT": "8080", "SM_WORKERS": "3", "SM_QUEUE_LIMIT": "5", "SM_API_TOKEN": " t0ken "}
     settings = Settings.from_env(env, workers=1)
+    assert settings.api_token == "t0ken" and "t0ken" not in repr(settings)
     assert settings.database_path == tmp_path / "x.sqlite3"
     assert settings.reports_dir == tmp_path / "r"
     assert settings.data_dir == Settings().data_dir  # blank means default
@@ -58,3 +59,17 @@ def test_serving_and_job_lease_settings():
     for key in ("SM_WEB_WORKERS", "SM_WEB_THREADS", "SM_JOB_LEASE_SECONDS"):
         with pytest.raises(ValueError, match=key):
             Settings.from_env({key: "0"})
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.0.1", "localhost", "::1", "[::1]"])
+def test_loopback_needs_no_token(host):
+    assert Settings.from_env({"SM_HOST": host}).api_token is None
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.com"])
+def test_other_addresses_need_a_token(host):
+    with pytest.raises(ValueError, match=r"SM_HOST=.* SM_API_TOKEN is not set"):
+        Settings.from_env({"SM_HOST": host})
+    with pytest.raises(ValueError, match="SM_API_TOKEN"):
+        Settings.from_env({"SM_HOST": host, "SM_API_TOKEN": "  "})   # blank is not a token
+    assert Settings.from_env({"SM_HOST": host, "SM_API_TOKEN": "t"}).api_token == "t"
