@@ -53,6 +53,9 @@ EXTENDED_COLUMNS = STANDARD_COLUMNS + ["unknown_last_hour", "unknown_last_day", 
 # lasts under two weeks, and rows of up to two days earlier can reach into it: 17 days is enough for
 # every interval that touches the week to be complete.
 HORIZON_BEFORE_WEEK_US = 17 * US_PER_DAY
+# With unbounded reach, how far before a store's first special date its dates are generated (see
+# `_store_intervals`): four weeks hold at least three without a DST change.
+SPECIAL_LOOKBACK_DAYS = 30
 
 
 EPOCH_DATE = date(1970, 1, 1)
@@ -485,17 +488,18 @@ def _store_intervals(business_hours: pd.DataFrame, special_hours: pd.DataFrame |
         # Unbounded reach: a store's last poll before the horizon may still speak for the week, unless a
         # special date closed the store in between. Stores with special rows start their dates early
         # enough to see that: four days before their first poll (so that poll's interval is complete),
-        # but no earlier than ten days before their first special date (before it, a store open all
-        # week never closes, and any other store closes within a week); and at least three days before
-        # the horizon, so that their first generated date is either free of special rows or of polls
-        # (see `since_ever` below).
+        # but no earlier than SPECIAL_LOOKBACK_DAYS before their first special date (before it, a store
+        # open all week never closes, and any other store closes at least once in those weeks: a weekly
+        # closure can vanish in a spring-forward gap, but not in three weeks running); and at least
+        # three days before the horizon, so that their first generated date is either free of special
+        # rows or of polls (see `since_ever` below).
         earliest_poll = np.full(n_stores, np.iinfo(np.int64).max)
         np.minimum.at(earliest_poll, p.store, p.t_us)
         earliest_special = np.full(n_stores, np.iinfo(np.int64).max)
         np.minimum.at(earliest_special, special.store, special.date)
         early = earliest_special < np.iinfo(np.int64).max
         first_day[early] = np.minimum(horizon // US_PER_DAY - 3, np.maximum(
-            earliest_poll[early] // US_PER_DAY - 4, earliest_special[early] - 10))
+            earliest_poll[early] // US_PER_DAY - 4, earliest_special[early] - SPECIAL_LOOKBACK_DAYS))
     has_special = np.zeros(n_stores, bool)
     has_special[special.store] = True
     always_open = whole_week & ~has_special  # one interval "since ever", nothing to generate
@@ -623,6 +627,9 @@ def _fold_stale_polls(p: _Polls, neg_inf: int) -> _Polls:
     latest = pd.Series(p.t_us[stale]).groupby(p.store[stale]).transform("max").to_numpy()
     keep = np.ones(len(p.t_us), bool)
     keep[stale[p.t_us[stale] < latest]] = False
+    # A store with a real poll at `neg_inf` itself needs none of its older ones (that poll is nearer to
+    # every later instant), and a moved poll must not merge with it into one instant.
+    keep[stale[np.isin(p.store[stale], p.store[p.t_us == neg_inf])]] = False
     return replace(p, store=p.store[keep], t_us=np.maximum(p.t_us[keep], neg_inf), active=p.active[keep])
 
 

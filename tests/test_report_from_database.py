@@ -14,14 +14,20 @@ from report_generator import ReportError, compute_report, generate_report
 def loaded(tmp_path_factory):
     """Three weeks of generated data (so much of it lies before the report's week), loaded into SQLite."""
     folder = tmp_path_factory.mktemp("history")
-    files = sample_data.generate_dataset(folder / "csv", stores=80, days=21, seed=7)
+    files = sample_data.generate_dataset(folder / "csv", stores=80, days=21, seed=7, special_share=0.5)
     path = folder / "db.sqlite3"
     conn = database.connect(path)
     database.load_files(conn, status=files["store_status"], hours=files["business_hours"],
-                        timezones=files["timezones"])
+                        timezones=files["timezones"], special_hours=files["special_hours"])
+    # Special dates long before the week as well: with unbounded reach they decide whether an old poll
+    # still speaks for it.
+    database.ingest_special_hours(conn, pd.DataFrame(
+        {"store_id": ["zz-old", "zz-old-closed"], "date": ["2022-12-10", "2023-01-01"],
+         "start_time_local": ["", ""], "end_time_local": ["", ""]}))
     # A 24/7 store polled once, a month before the rest: only the "last poll before the week" carries it.
     database.ingest_store_status(conn, pd.DataFrame(
-        {"store_id": ["zz-old"], "status": ["inactive"], "timestamp_utc": ["2022-12-20 00:00:00 UTC"]}))
+        {"store_id": ["zz-old", "zz-old-closed"], "status": ["inactive", "active"],
+         "timestamp_utc": ["2022-12-20 00:00:00 UTC", "2022-12-20 00:00:00 UTC"]}))
     conn.close()
     return path
 
@@ -33,12 +39,13 @@ def full_history(path):
                                JOIN stores s USING (store_key)""", conn)
         hours = pd.read_sql("SELECT * FROM business_hours", conn)
         zones = pd.read_sql("SELECT * FROM timezones", conn)
+        special = pd.read_sql("SELECT * FROM special_hours", conn)
     polls = pd.DataFrame({
         "store_id": polls["store_id"],
         "timestamp_utc": pd.to_datetime(polls["timestamp_us"], unit="us", utc=True),
         "status": polls["active"].map({1: "active", 0: "inactive"}),
     })
-    return polls, hours, zones
+    return polls, hours, zones, special
 
 
 def read_csv(path):
@@ -46,11 +53,12 @@ def read_csv(path):
 
 
 @pytest.mark.parametrize("as_of", [None, "2023-01-20 09:30:00", "2023-01-12T00:00:00Z"])
-@pytest.mark.parametrize("extended", [False, True])
-def test_database_path_equals_engine_over_full_history(loaded, tmp_path, as_of, extended):
-    polls, hours, zones = full_history(loaded)
-    outcome = generate_report(loaded, tmp_path / "r.csv", as_of=as_of, extended=extended)
-    expected = compute_report(polls, hours, zones, as_of, extended=extended)
+@pytest.mark.parametrize("extended, reach", [(False, 120), (True, 120), (True, None), (True, 45)])
+def test_database_path_equals_engine_over_full_history(loaded, tmp_path, as_of, extended, reach):
+    polls, hours, zones, special = full_history(loaded)
+    outcome = generate_report(loaded, tmp_path / "r.csv", as_of=as_of, extended=extended, reach_minutes=reach)
+    expected = compute_report(polls, hours, zones, as_of, special_hours=special, reach_minutes=reach,
+                              extended=extended)
     pd.testing.assert_frame_equal(read_csv(tmp_path / "r.csv"), expected.reset_index(drop=True),
                                   check_dtype=False)
     assert outcome.rows == len(expected)
@@ -58,13 +66,17 @@ def test_database_path_equals_engine_over_full_history(loaded, tmp_path, as_of, 
     assert set(outcome.timings) == {"load", "compute", "write"}
     if as_of is None:
         assert "zz-old" in set(expected["store_id"])
+        if reach is None and extended:  # the old poll speaks for the week unless a closure came after it
+            old = expected.set_index("store_id")
+            assert old.loc["zz-old", "downtime_last_week"] > 0 and old.loc["zz-old-closed", "unknown_last_week"] > 0
 
 
 def test_store_ids_restrict_the_database_read(loaded, tmp_path):
-    polls, hours, zones = full_history(loaded)
+    polls, hours, zones, special = full_history(loaded)
     chosen = sorted(set(polls["store_id"]))[3:9] + ["zz-old", "not-a-store"]
     generate_report(loaded, tmp_path / "r.csv", store_ids=chosen)
-    expected = compute_report(polls, hours, zones, polls["timestamp_utc"].max(), store_ids=chosen)
+    expected = compute_report(polls, hours, zones, polls["timestamp_utc"].max(), special_hours=special,
+                              store_ids=chosen)
     got = read_csv(tmp_path / "r.csv")
     assert list(got["store_id"]) == sorted(chosen[:-1])
     pd.testing.assert_frame_equal(got, expected.reset_index(drop=True), check_dtype=False)

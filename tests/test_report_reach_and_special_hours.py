@@ -251,3 +251,32 @@ def test_stale_stores_are_counted_in_the_metadata():
         CHICAGO, "2023-01-25 12:00:00")
     assert frame.attrs["stores_without_polls_this_week"] == 1
     assert frame.attrs["reach_minutes"] == 120
+
+
+def test_unbounded_reach_a_weekly_closure_lost_in_a_dst_gap_and_special_sundays_keep_a_store_open():
+    # Open all week but Sunday 02:00-03:00, the hour the spring-forward gap removes on 2023-03-12; special
+    # all-day Sundays from 2023-03-19 and a special Friday 2023-03-17 cover the later closures. So from
+    # Sunday 2023-03-05 03:00 the store never closes, and a poll on Monday 2023-03-06 speaks until now.
+    rows = ([("s", day, "00:00:00", "23:59:59") for day in range(6)]
+            + [("s", 6, "00:00:00", "02:00:00"), ("s", 6, "03:00:00", "23:59:59")])
+    special = [("s", str(pd.Timestamp("2023-03-19") + pd.Timedelta(weeks=k))[:10], "00:00:00", "23:59:59")
+               for k in range(6)] + [("s", "2023-03-17", "00:00:00", "23:59:59")]
+    r = run([("s", "2023-03-06 18:00:00", "active")], rows, "2023-04-10 12:00:00", special, reach_minutes=None)
+    expect(r, uptime_last_hour=60, uptime_last_day=24, uptime_last_week=168, unknown_last_week=0)
+    # Without the special Sundays the closure of 2023-03-19 02:00-03:00 cuts the poll off (and the week
+    # holds one closed hour, Sunday 2023-04-09 02:00-03:00).
+    r = run([("s", "2023-03-06 18:00:00", "active")], rows, "2023-04-10 12:00:00", special[-1:], reach_minutes=None)
+    expect(r, uptime_last_week=0, unknown_last_week=167)
+
+
+def test_unbounded_reach_an_older_poll_does_not_merge_with_a_poll_at_the_engines_horizon():
+    # The engine moves a store's last poll from before its horizon (a UTC midnight 19 days before the
+    # week) onto the horizon; a real poll exactly there must keep its own status. Store "s" is open 24/7;
+    # its poll at 2022-12-30 00:00 UTC (active) is the latest and speaks for the whole week.
+    polls = [("s", "2022-12-29 23:00:00", "inactive"), ("s", "2022-12-30 00:00:00", "active"),
+             ("t", "2023-01-25 12:00:00", "active")]
+    frame = compute_report(pd.DataFrame(polls, columns=["store_id", "timestamp_utc", "status"]),
+                           pd.DataFrame(columns=["store_id", "day_of_week", "start_time_local", "end_time_local"]),
+                           CHICAGO, "2023-01-25 12:00:00", reach_minutes=None, extended=True)
+    expect(frame.set_index("store_id").loc["s"].to_dict(), uptime_last_hour=60, uptime_last_day=24,
+           uptime_last_week=168, downtime_last_week=0)
