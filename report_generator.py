@@ -117,7 +117,9 @@ def _lookup(per_unique: np.ndarray, codes: np.ndarray, missing) -> np.ndarray:
 def _parse_time_of_day(text: str) -> int:
     hours, minutes, seconds = text.strip().split(":")
     whole, _, fraction = seconds.partition(".")
-    if not (len(hours) == len(minutes) == len(whole) == 2 and (hours + minutes + whole + fraction).isdigit()):
+    # 'H:MM:SS' too, as the loader and the reference read it (the loader stores 'HH:MM:SS').
+    if not (len(hours) in (1, 2) and len(minutes) == len(whole) == 2
+            and (hours + minutes + whole + fraction).isdigit()):
         return -1
     us = ((int(hours) * 60 + int(minutes)) * 60 + int(whole)) * US_PER_SECOND + int((fraction + "000000")[:6])
     return us if int(minutes) < 60 and int(whole) < 60 and us < US_PER_DAY else -1

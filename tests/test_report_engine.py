@@ -392,3 +392,10 @@ def test_report_memory_does_not_grow_with_the_longest_store_id():
 
     # A fixed-width text array would take 2001 x 100,000 x 4 bytes = 800 MB here.
     assert peak("x" * 100_000) - peak("x") < 20 * 1024 * 1024
+
+
+def test_one_digit_hours_read_like_two():
+    poll_rows = [("s", "2023-01-23 16:00:00", "active")]
+    one = report_row(poll_rows, [("s", 0, "9:00:00", "12:00:00")], "2023-01-23 18:00:00")
+    two = report_row(poll_rows, [("s", 0, "09:00:00", "12:00:00")], "2023-01-23 18:00:00")
+    assert one == two and one["uptime_last_day"] == 3
