@@ -1531,6 +1531,17 @@ def load_files(conn: sqlite3.Connection, status=None, hours=None, timezones=None
     return summaries
 
 
+# load_files' keyword for each table's file.
+LOAD_KEYWORDS = {"store_status": "status", "business_hours": "hours", "timezones": "timezones",
+                 "special_hours": "special_hours"}
+
+
+def load_tables(conn: sqlite3.Connection, files: dict, **options) -> list[TableSummary]:
+    """`load_files` with the files named by table (None or absent = skip), as `default_files` and
+    `sample_data.generate_dataset` give them."""
+    return load_files(conn, **{LOAD_KEYWORDS[table]: path for table, path in files.items()}, **options)
+
+
 def default_files(data_dir: str | Path) -> dict[str, Path | None]:
     """The CSVs of `data_dir` by table: store_status.csv, business_hours.csv or menu_hours.csv,
     timezones.csv, special_hours.csv (None where no such file exists)."""
@@ -1563,8 +1574,7 @@ def ensure_loaded(conn: sqlite3.Connection, data_dir: str | Path) -> str:
         paths = sample_data.generate_dataset(data_dir / "generated", stores=DEMO_STORES, seed=0)
         files = {table: Path(paths[table]) if paths.get(table) else None for table in TABLE_COLUMNS}
         origin = f"a generated demo set ({DEMO_STORES} stores, no store_status.csv in {data_dir})"
-    summaries = load_files(conn, status=files["store_status"], hours=files["business_hours"],
-                           timezones=files["timezones"], special_hours=files["special_hours"])
+    summaries = load_tables(conn, files)
     parts = [f"{s.table} {s.new:,} new rows" + (f" ({s.rejected_total:,} rejected)" if s.rejected else "")
              for s in summaries]
     return f"empty database: loaded {origin}: " + ", ".join(parts)
@@ -1634,8 +1644,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {db_path}: cannot open the database: {exc}; nothing was loaded", file=sys.stderr)
         return 2
     try:
-        summaries = load_files(conn, status=paths["store_status"], hours=paths["business_hours"],
-                               timezones=paths["timezones"], special_hours=paths["special_hours"])
+        summaries = load_tables(conn, paths)
     except LoadError as exc:
         print(f"error: {exc}; nothing was loaded", file=sys.stderr)
         return 2

@@ -70,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             paths = sample_data.generate_dataset(tmp / "data", stores=args.stores, seed=args.seed)
             conn = database.connect(db_path)
             try:
-                database.load_files(conn, status=paths["store_status"], hours=paths["business_hours"],
-                                    timezones=paths["timezones"], special_hours=paths.get("special_hours"),
-                                    progress=False)
+                database.load_tables(conn, paths, progress=False)
             finally:
                 conn.close()
             print(f"generated and loaded {args.stores:,} stores in {time.perf_counter() - started:.1f} s")

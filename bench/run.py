@@ -44,8 +44,6 @@ if str(PROJECT) not in sys.path:
 
 RESULT_PREFIX = "BENCH_RESULT "
 TABLES = ("store_status", "business_hours", "timezones", "special_hours")
-LOAD_KEYWORDS = {"store_status": "status", "business_hours": "hours", "timezones": "timezones",
-                 "special_hours": "special_hours"}
 TARGETS = {"ingest_s": 15.0, "report_s": 1.5, "memory_mb": 1024.0}
 POLL_INTERVAL_S = 0.025
 
@@ -95,7 +93,7 @@ def worker_ingest(args) -> int:
     seconds, summaries = {}, {}
     for table in (t for t in TABLES if files[t]):
         start = time.perf_counter()
-        summaries[table] = [s.to_dict() for s in database.load_files(conn, **{LOAD_KEYWORDS[table]: files[table]})]
+        summaries[table] = [s.to_dict() for s in database.load_tables(conn, {table: files[table]})]
         seconds[table] = time.perf_counter() - start
     counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
     conn.close()

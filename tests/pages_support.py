@@ -43,9 +43,7 @@ def load_generated(db_path: Path, out_dir: Path, *, stores: int = 40, seed: int 
     paths = sample_data.generate_dataset(out_dir, stores=stores, seed=seed, end=end, id_style=id_style)
     conn = database.connect(db_path)
     try:
-        database.load_files(conn, status=paths["store_status"], hours=paths["business_hours"],
-                            timezones=paths["timezones"], special_hours=paths.get("special_hours"),
-                            progress=False)
+        database.load_tables(conn, paths, progress=False)
     finally:
         conn.close()
     return paths

@@ -17,8 +17,7 @@ def loaded(tmp_path_factory):
     files = sample_data.generate_dataset(folder / "csv", stores=80, days=21, seed=7, special_share=0.5)
     path = folder / "db.sqlite3"
     conn = database.connect(path)
-    database.load_files(conn, status=files["store_status"], hours=files["business_hours"],
-                        timezones=files["timezones"], special_hours=files["special_hours"])
+    database.load_tables(conn, files)
     # Special dates long before the week as well: with unbounded reach they decide whether an old poll
     # still speaks for it.
     database.ingest_special_hours(conn, pd.DataFrame(

@@ -72,8 +72,7 @@ def test_timeline_from_the_database_and_its_fields(dataset, tmp_path):
     paths, _ = dataset
     db_path = tmp_path / "t.sqlite3"
     conn = database.connect(db_path)
-    database.load_files(conn, status=paths["store_status"], hours=paths["business_hours"],
-                        timezones=paths["timezones"], special_hours=paths["special_hours"])
+    database.load_tables(conn, paths)
     store = conn.execute("SELECT store_id FROM special_hours LIMIT 1").fetchone()[0]
     conn.close()
     timeline = generate_timeline(db_path, store, days=7)
