@@ -1,8 +1,14 @@
 """The JSON API: one flask-openapi3 `APIBlueprint`, its routes declared with the models of `api_models.py`.
 
 `build_api()` makes a fresh blueprint for each app (`app.create_app`), so every app has its own OpenAPI
-paths. Errors are JSON `{"error": "..."}` (`ApiError`, and the app's handlers in app.py); a pages
-blueprint can sit beside this one with HTML errors of its own.
+paths. Errors are JSON `{"error": "..."}` (`ApiError`, the reports service's `ServiceError` with the status it
+carries, and the app's handlers in app.py); the pages blueprint sits beside this one with HTML errors of
+its own.
+
+The endpoints behind the pages (`GET /reports/<id>/rows`, `/stores/<store_id>/timeline`, `/stores`,
+`/data/summary`) are one call each into `reports_service`, the functions the pages call: nothing is
+computed here. Their parameters are validated by the query models first, so the service only sees what
+the document allows.
 
 Request bodies are read here, from the WSGI input, never through Flask's unbounded `get_data`:
 - `read_body(limit, sink)` honours Content-Length and reads chunked bodies (the server terminates the
@@ -43,6 +49,7 @@ from werkzeug.http import parse_options_header
 import api_models as m
 import database
 import metrics
+import reports_service as service
 from config import MAX_REACH_MINUTES, Settings
 from jobs import QueueFull, ReportJobs, iso_utc
 
@@ -178,7 +185,9 @@ def describe_validation_error(exc: ValidationError, *, items: tuple[str, ...] | 
         path = "".join(f"[{part}]" if isinstance(part, int) else (f".{part}" if i else part)
                        for i, part in enumerate(loc))
         where = f"{where}: {path}" if where and path else (where or path)
-        if kind == "extra_forbidden":
+        if kind == "query_rule":   # a rule of its own (api_models.ReachQuery)
+            parts.append(f"{where} {error['msg']}; got {_shown(error.get('input'))}")
+        elif kind == "extra_forbidden":
             allowed = ", ".join(items or TRIGGER_KEYS)
             parts.append(f"{where}: unknown key; allowed: {allowed}" if items
                          else f"unknown key {path!r}; allowed: {allowed}")
@@ -502,7 +511,12 @@ def _operation_id(*, name: str, path: str, method: str) -> str:
 
 def build_api() -> APIBlueprint:
     api = APIBlueprint(API, __name__, operation_id_callback=_operation_id)
-    reports_tag, data_tag, ops_tag = (Tag(name="reports"), Tag(name="data"), Tag(name="operations"))
+    reports_tag, stores_tag, data_tag, ops_tag = (Tag(name="reports"), Tag(name="stores"), Tag(name="data"),
+                                                  Tag(name="operations"))
+
+    @api.errorhandler(service.ServiceError)
+    def service_error(exc: service.ServiceError):
+        return error_response(exc.status, exc.message)
 
     @api.before_request
     def read_trigger_body():
@@ -590,6 +604,38 @@ def build_api() -> APIBlueprint:
         if not jobs().delete(str(path.report_id), conn=db()):
             raise ApiError(404, f"no report with id {path.report_id}")
         return Response(status=204)
+
+    @api.get("/reports/<uuid:report_id>/rows", tags=[reports_tag], responses={
+        200: m.ReportRows, 400: _error("A parameter outside its rule"),
+        404: _error("No completed report with this id (or its file is gone)"),
+        409: _error("An unknown_* column asked of a standard report")})
+    def report_rows(path: m.ReportPath, query: m.ReportRowsQuery):
+        """A page of a completed report's rows, sorted by any column and filtered by store id, with the total"""
+        return jsonify(service.report_rows(settings(), str(path.report_id), sort=query.sort, order=query.order,
+                                           limit=query.limit, offset=query.offset, q=query.q))
+
+    @api.get("/stores/<store_id>/timeline", tags=[stores_tag], responses={
+        200: m.StoreTimeline, 400: _error("A parameter outside its rule"),
+        404: _error("No store with a poll at or before as_of")})
+    def store_timeline(path: m.StorePath, query: m.TimelineQuery):
+        """Why a store's report row says what it says: business intervals, polls, up/down/unknown segments
+
+        `totals` equal the store's row of an extended report made with the same as_of and reach."""
+        # reach: left out = the service's default; none/unbounded/empty = None (unbounded); else minutes
+        reach = query.reach_minutes if "reach_minutes" in query.model_fields_set else service.DEFAULT
+        return jsonify(service.store_timeline(settings(), path.store_id, as_of=query.as_of, reach_minutes=reach,
+                                              days=query.days))
+
+    @api.get("/stores", tags=[stores_tag], responses={
+        200: m.StoreSearch, 400: _error("q longer than a store id, or limit out of range")})
+    def find_stores(query: m.StoreSearchQuery):
+        """Find polled stores by a part of their id"""
+        return jsonify(service.find_stores(settings(), query.q, query.limit))
+
+    @api.get("/data/summary", tags=[data_tag], responses={200: m.DataSummary})
+    def data_summary():
+        """What the database holds: stores, polls, first and last poll, stores without hours or time zone, loads"""
+        return jsonify(service.data_summary(settings()))
 
     upload_answers = {
         200: m.LoadSummary,

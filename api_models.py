@@ -16,8 +16,9 @@ from uuid import UUID
 
 from typing_extensions import NotRequired, TypedDict
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, RootModel, Strict, TypeAdapter,
-                      model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, RootModel, Strict,
+                      TypeAdapter, ValidationError, WithJsonSchema, model_validator)
+from pydantic_core import PydanticCustomError
 
 from config import MAX_REACH_MINUTES
 
@@ -114,7 +115,7 @@ class TriggerAccepted(BaseModel):
         "headers": {"Location": {"description": "/get_report?report_id=<report_id>",
                                  "schema": {"type": "string"}}},
         "links": {name: {"operationId": name, "parameters": {"report_id": "$response.body#/report_id"}}
-                  for name in ("get_report", "download_report", "delete_report")}})
+                  for name in ("get_report", "download_report", "report_rows", "delete_report")}})
 
     report_id: str = Field(json_schema_extra={"format": "uuid"})
 
@@ -289,3 +290,222 @@ class Health(BaseModel):
     reports: str = Field(description="ok, or why the reports folder cannot be written")
     workers: Workers = Field(description="The report threads of the process that answered")
     queue: Queue
+
+
+# --- the endpoints behind the pages (all answered by reports_service) ---------------------------------
+# Query parameters are text in the URL: their integers are read in pydantic's lax mode ("20" is 20), as
+# in ReportListQuery. A parameter left out takes the service's default; none of them is nullable (a query
+# string cannot say null).
+
+REPORT_COLUMNS = ("store_id", "uptime_last_hour", "uptime_last_day", "uptime_last_week", "downtime_last_hour",
+                  "downtime_last_day", "downtime_last_week", "unknown_last_hour", "unknown_last_day",
+                  "unknown_last_week")   # report_generator.EXTENDED_COLUMNS (test_api_explain checks it)
+NUMBER_COLUMNS = REPORT_COLUMNS[1:]
+MAX_ROWS_LIMIT = 1000       # reports_service.MAX_LIMIT
+MAX_FIND_LIMIT = 200        # reports_service.MAX_FIND_LIMIT
+MAX_TIMELINE_DAYS = 7       # reports_service.MAX_TIMELINE_DAYS
+UNBOUNDED_WORDS = ("none", "null", "unbounded", "")
+# A part of a store id: at most as long as an id can be.
+StoreIdPart = Annotated[str, Field(max_length=MAX_STORE_ID_CHARS)]
+
+
+def _no_default(schema: dict) -> None:
+    schema.pop("default", None)
+
+
+class ReportRowsQuery(BaseModel):
+    sort: Literal[REPORT_COLUMNS] = Field(  # type: ignore[valid-type]
+        "downtime_last_week", description=(
+            "A column of the report; ties are broken by store id, ascending. The `unknown_*` columns exist "
+            "only in an extended report (a standard report answers 409). Default: downtime_last_week."))
+    order: Literal["asc", "desc"] = Field(None, json_schema_extra=_no_default, description=(
+        "Default: desc for a number column (worst stores first), asc for store_id"))
+    limit: int = Field(50, ge=1, le=MAX_ROWS_LIMIT, description="Rows per page")
+    offset: int = Field(0, ge=0, le=MAX_LIST_OFFSET, description="Rows to skip (of those that match q)")
+    q: StoreIdPart = Field("", description="Keep the rows whose store id contains this text (any case)")
+
+
+class ReportRow(BaseModel):
+    """One store's row, as in the report's CSV (hour: minutes; day, week: hours). The unknown_* columns
+    are in an extended report only."""
+
+    store_id: str
+    uptime_last_hour: float
+    uptime_last_day: float
+    uptime_last_week: float
+    downtime_last_hour: float
+    downtime_last_day: float
+    downtime_last_week: float
+    unknown_last_hour: float = Field(None, json_schema_extra=_no_default)
+    unknown_last_day: float = Field(None, json_schema_extra=_no_default)
+    unknown_last_week: float = Field(None, json_schema_extra=_no_default)
+
+
+class ReportRows(BaseModel):
+    """A page of a completed report's rows, with the parameters as applied."""
+
+    report_id: str = Field(json_schema_extra={"format": "uuid"})
+    total: int = Field(description="Rows that match q (all the report's rows without q)")
+    rows: list[ReportRow]
+    columns: list[str] = Field(description="The report's columns, as in its CSV")
+    sort: str
+    order: Literal["asc", "desc"]
+    limit: int
+    offset: int
+    q: str
+
+
+class StorePath(BaseModel):
+    store_id: str = Field(min_length=1, max_length=MAX_STORE_ID_CHARS, pattern=r"\S",
+                          json_schema_extra={"example": "8419537941919820732"},
+                          description="A store id (surrounding spaces are ignored)")
+
+
+_REACH_INT = TypeAdapter(Annotated[int, Field(ge=1, le=MAX_REACH_MINUTES)])
+REACH_QUERY_RULE = f"a whole number of minutes from 1 to {MAX_REACH_MINUTES}, or none, unbounded or empty for unbounded"
+
+
+def _reach_query(value: Any) -> Union[int, None]:
+    """reach_minutes in a query: minutes (read as the other integer parameters are), or None for one of
+    UNBOUNDED_WORDS. One rule, one message (a pydantic union would report each branch)."""
+    if isinstance(value, str) and value in UNBOUNDED_WORDS:
+        return None
+    try:
+        return _REACH_INT.validate_python(value)
+    except ValidationError:
+        raise PydanticCustomError("query_rule", "must be {rule}", {"rule": REACH_QUERY_RULE}) from None
+
+
+ReachQuery = Annotated[Optional[int], PlainValidator(_reach_query), WithJsonSchema({"anyOf": [
+    {"type": "integer", "minimum": 1, "maximum": MAX_REACH_MINUTES},
+    {"type": "string", "enum": list(UNBOUNDED_WORDS)}]})]
+
+
+def _query_example(example: str):
+    """A parameter's example (OpenAPI parameters take `example`, not a list of `examples`), no default."""
+    def edit(schema: dict) -> None:
+        schema.pop("default", None)
+        schema["example"] = example
+    return edit
+
+
+class TimelineQuery(BaseModel):
+    as_of: Annotated[str, Field(pattern=AS_OF_PATTERN)] = Field(
+        None, json_schema_extra=_query_example("2023-01-25T18:13:22Z"), description=(
+        "The timeline's `now`, as in /trigger_report (ISO 8601, years 1970 to 2200 as written). Default: "
+        "the latest poll."))
+    reach_minutes: ReachQuery = Field(None, json_schema_extra=_no_default, description=(
+        f"Minutes from 1 to {MAX_REACH_MINUTES}; `none`, `unbounded` or empty for unbounded reach. "
+        "Absent: the service's SM_POLL_REACH_MINUTES (120), as for a report."))
+    days: int = Field(MAX_TIMELINE_DAYS, ge=1, le=MAX_TIMELINE_DAYS,
+                      description="How many days before `now` the intervals and segments cover")
+
+
+class BusinessInterval(BaseModel):
+    begin: str = Field(description="UTC")
+    end: str = Field(description="UTC")
+    begin_local: str = Field(description="In the store's time zone, with its offset")
+    end_local: str
+    special_date: Optional[str] = Field(description="The special date (YYYY-MM-DD) whose hours these are, "
+                                                    "null on a regular day")
+
+
+class SpecialDate(BaseModel):
+    date: str = Field(description="Local date, YYYY-MM-DD")
+    closed: bool
+    hours: list[list[str]] = Field(description="[start, end] local times (HH:MM:SS) when open")
+
+
+class DstChange(BaseModel):
+    at: str = Field(description="UTC")
+    offset_before: str
+    offset_after: str
+
+
+class TimelinePoll(BaseModel):
+    at: str = Field(description="UTC")
+    status: Literal["active", "inactive"]
+    evidence: bool = Field(description="Whether a segment takes its status from this poll")
+
+
+class Segment(BaseModel):
+    begin: str = Field(description="UTC")
+    end: str = Field(description="UTC")
+    status: Literal["up", "down", "unknown"]
+    seconds: float
+    poll: Optional[str] = Field(description="The poll (UTC) whose status this is; null for unknown")
+
+
+class TimelineTotals(BaseModel):
+    """The store's row of a report with the same as_of and reach (extended columns)."""
+
+    uptime_last_hour: float
+    uptime_last_day: float
+    uptime_last_week: float
+    downtime_last_hour: float
+    downtime_last_day: float
+    downtime_last_week: float
+    unknown_last_hour: float
+    unknown_last_day: float
+    unknown_last_week: float
+
+
+class StoreTimeline(BaseModel):
+    """Why a store's report row says what it says: the business time from `from` to `now`, cut into
+    segments that are up or down (with the poll they take it from) or unknown (no poll within reach)."""
+
+    store_id: str
+    timezone: str = Field(description="The zone used (the store's, or the default if missing or unknown)")
+    timezone_source: str = Field(description="store, default (missing) or default (unknown)")
+    now: str = Field(description="UTC: the report's `now`")
+    from_: str = Field(alias="from", description="UTC: `days` before now")
+    reach_minutes: Optional[int] = Field(description="null = unbounded")
+    business_intervals: list[BusinessInterval]
+    special_dates: list[SpecialDate]
+    dst_changes: list[DstChange]
+    polls: list[TimelinePoll] = Field(description="From a day before `from` to `now`, oldest first")
+    segments: list[Segment]
+    totals: TimelineTotals
+
+
+class StoreSearchQuery(BaseModel):
+    q: StoreIdPart = Field("", description="A part of the store id (any case); empty lists the first stores")
+    limit: int = Field(20, ge=1, le=MAX_FIND_LIMIT, description="Stores to list")
+
+
+class FoundStore(BaseModel):
+    store_id: str
+    has_hours: bool = Field(description="false: no weekly hours (open 24/7)")
+    timezone: Optional[str] = Field(description="As loaded; null if missing")
+    timezone_known: bool
+
+
+class StoreSearch(BaseModel):
+    """Polled stores whose id contains q, those that start with it first."""
+
+    model_config = ConfigDict(openapi_extra={"links": {"store_timeline": {
+        "operationId": "store_timeline", "parameters": {"store_id": "$response.body#/stores/0/store_id"}}}})
+
+    q: str
+    total: int = Field(description="All the stores that match")
+    stores: list[FoundStore]
+
+
+class LoadRecord(LoadSummary):
+    finished_at: str = Field(description="UTC")
+
+
+class DataSummary(BaseModel):
+    stores: int = Field(description="Polled stores")
+    polls: int
+    first_poll: Optional[str] = Field(description="UTC; null without polls")
+    last_poll: Optional[str]
+    stores_without_hours: int = Field(description="Polled stores without weekly hours (open 24/7)")
+    stores_without_timezone: int
+    stores_with_unknown_timezone: int
+    special_hours_rows: int
+    stores_with_special_hours: int
+    stores_not_polled: int = Field(description="Stores with hours or a time zone but no poll")
+    default_timezone: str
+    last_load: Optional[LoadRecord] = Field(description="The newest load of any table; null before any")
+    loads: list[LoadRecord] = Field(description="The latest loads, newest first")

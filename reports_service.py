@@ -3,8 +3,9 @@
 Every function takes the service's `Settings` (for the database path, the reports directory and the
 defaults) and returns plain dicts and lists, ready for `jsonify` or a Jinja template. Nothing here
 knows about Flask: the API blueprint and the pages blueprint (`dashboard.py`) call the same functions,
-so a page and its JSON endpoint never compute a thing twice. Errors are `NotFound` and `BadRequest`
-(both `ServiceError`), which each blueprint maps to its own 404/400 answer (JSON or an HTML page).
+so a page and its JSON endpoint never compute a thing twice. Errors are `NotFound`, `BadRequest` and
+`Conflict` (all `ServiceError`, with the HTTP status on the exception), which each blueprint maps to its
+own answer (JSON or an HTML page).
 
 - `report_rows`: a page of a completed report's rows, sorted by any column, filtered by store id. The
   report's CSV is parsed once per (report, file version) and kept in a small LRU cache, so paging
@@ -53,6 +54,13 @@ class NotFound(ServiceError):
 
 class BadRequest(ServiceError):
     status = 400
+
+
+class Conflict(ServiceError):
+    """A valid request that this resource cannot answer as it is (a standard report sorted by an
+    `unknown_*` column, which only extended reports have)."""
+
+    status = 409
 
 
 # --- parameters -------------------------------------------------------------------------------------
@@ -110,8 +118,8 @@ def parse_instant(value, name: str = "as_of") -> str | None:
         text = str(value).strip()
         if not text:
             return None
-        if text.endswith(" UTC"):
-            text = text[:-4]
+        if text.endswith("UTC"):   # "... UTC" (the polls' form) or "...UTC"
+            text = text[:-3].rstrip()
         if text.endswith(("z", "Z")):
             text = text[:-1] + "+00:00"
         try:
@@ -119,14 +127,14 @@ def parse_instant(value, name: str = "as_of") -> str | None:
         except ValueError:
             raise BadRequest(f"{name} is not a valid ISO 8601 date-time: {value!r} "
                              "(expected e.g. \"2023-01-25T18:13:22Z\")") from None
+    if not 1970 <= moment.year <= 2200:   # as written (as the API's as_of rule): its UTC year may be next door
+        raise BadRequest(f"{name} must lie between the years 1970 and 2200: {value!r}")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     try:
         moment = moment.astimezone(timezone.utc)
     except (OverflowError, ValueError):
         raise BadRequest(f"{name} is out of range: {value!r}") from None
-    if not 1970 <= moment.year <= 2200:
-        raise BadRequest(f"{name} must lie between the years 1970 and 2200: {value!r}")
     return iso_utc(moment)
 
 
@@ -368,7 +376,8 @@ def report_rows(settings, report_id, *, sort: str | None = None, order: str | No
                 limit=None, offset=None, q: str | None = None) -> dict:
     """A page of a completed report's rows.
 
-    `sort`: any column of the report (default `downtime_last_week`); `order`: asc or desc (default: desc
+    `sort`: any column of the report (default `downtime_last_week`; an `unknown_*` column of a standard
+    report is a Conflict, another name a BadRequest); `order`: asc or desc (default: desc
     for a number column, asc for store_id); ties are broken by store id, ascending. `q`: keep the rows
     whose store id contains it (case-insensitive). `limit` (1..1000, default 50) and `offset` page them.
     Returns {"report_id", "total" (rows after the filter), "rows", "columns", "sort", "order", "limit",
@@ -377,6 +386,9 @@ def report_rows(settings, report_id, *, sort: str | None = None, order: str | No
     job = _complete_job(settings, report_id)
     parsed = _parsed(settings, job)
     sort = (sort or DEFAULT_SORT).strip()
+    if sort in EXTENDED_COLUMNS and sort not in parsed.columns:
+        raise Conflict(f"report {job['report_id']} has the standard columns, without {sort}: sort by one of "
+                       f"{', '.join(parsed.columns)}, or trigger a report with \"columns\": \"extended\"")
     if sort not in parsed.columns:
         raise BadRequest(f"sort must be one of the report's columns ({', '.join(parsed.columns)}), got {sort!r}")
     order = (order or ("asc" if sort == "store_id" else DEFAULT_ORDER)).strip().lower()
@@ -599,7 +611,8 @@ def store_timeline(settings, store_id: str, *, as_of=None, reach_minutes=DEFAULT
                                                   reach_minutes=reach, days=days,
                                                   default_timezone=settings.default_timezone)
     except KeyError:
-        raise NotFound(f"no polled store with id {store_id!r}") from None
+        raise NotFound(f"no polled store with id {store_id!r}" if as_of is None else
+                       f"no store with id {store_id!r} was polled at or before {as_of}") from None
     except report_generator.ReportError as exc:
         raise NotFound(str(exc)) from None
 

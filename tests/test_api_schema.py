@@ -2,8 +2,8 @@
 
 A real server (`make run`'s gunicorn, two worker processes with their report workers) on a small generated
 data set, with SM_API_TOKEN set. Schemathesis reads `/openapi.json` and runs every phase (examples,
-coverage, fuzzing, stateful: trigger -> get_report / download / delete through the document's links)
-with every check: no 5xx, every status and header and body as documented, schema-valid requests accepted
+coverage, fuzzing, stateful: trigger -> get_report / download / rows / delete and stores -> a store's
+timeline, through the document's links) with every check: no 5xx, every status and header and body as documented, schema-valid requests accepted
 and invalid ones refused, 401 without the token, 405 for other methods. At most 100 examples per
 operation, a fixed seed, one worker, no example database: the same requests every run (about 25 s).
 """
@@ -38,7 +38,7 @@ def test_schemathesis_finds_nothing(servers, template, tmp_path):
     output = done.stdout + done.stderr
     print(output[-1500:])
     assert done.returncode == 0, output[-8000:]
-    assert "No issues found" in output and "9 selected / 9 total" in output
+    assert "No issues found" in output and "13 selected / 13 total" in output
     for phase in ("Coverage", "Fuzzing", "Stateful"):
         assert f"✅  {phase}" in output, phase
     assert "Traceback" not in server.log()

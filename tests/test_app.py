@@ -1004,7 +1004,8 @@ def test_openapi_document_matches_the_api_routes(make_app):
     documented = {path: set(item) for path, item in document["paths"].items()}
     assert routes == documented
     assert set(routes) == {"/trigger_report", "/get_report", "/reports", "/reports/{report_id}.csv",
-                           "/reports/{report_id}", "/store_status", "/special_hours", "/health", "/metrics"}
+                           "/reports/{report_id}", "/store_status", "/special_hours", "/health", "/metrics",
+                           "/reports/{report_id}/rows", "/stores/{store_id}/timeline", "/stores", "/data/summary"}
     for path, item in document["paths"].items():
         for method, operation in item.items():
             assert "500" in operation["responses"], (path, method)

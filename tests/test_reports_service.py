@@ -96,7 +96,6 @@ def test_rows_filter_by_store_id_substring_and_page(settings):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"sort": "unknown_last_week"}, "sort must be one of"),
     ({"sort": "nope"}, "sort must be one of"),
     ({"order": "up"}, "order must be asc or desc"),
     ({"limit": 0}, "limit must be from 1 to 1000"),
@@ -107,6 +106,16 @@ def test_rows_refuse_bad_parameters(settings, kwargs, message):
     report_id = write_report(settings, ROWS)
     with pytest.raises(service.BadRequest, match=message):
         service.report_rows(settings, report_id, **kwargs)
+
+
+def test_an_unknown_column_of_a_standard_report_is_a_conflict(settings):
+    """A valid column that only extended reports have: the report cannot answer it (409), as opposed to
+    a name that is no column at all (400)."""
+    report_id = write_report(settings, ROWS)
+    for column in ("unknown_last_hour", "unknown_last_day", "unknown_last_week"):
+        with pytest.raises(service.Conflict, match=f"standard columns, without {column}") as caught:
+            service.report_rows(settings, report_id, sort=column)
+        assert caught.value.status == 409
 
 
 def test_rows_of_a_missing_unfinished_or_failed_report_are_not_found(settings):
@@ -273,6 +282,13 @@ def test_parameters_are_checked(settings):
     assert service.parse_instant("2023-01-25T20:13:22+02:00") == "2023-01-25T18:13:22Z"
     assert service.parse_instant("2023-01-25T18:13:22") == "2023-01-25T18:13:22Z"
     assert service.parse_instant("") is None
+    assert service.parse_instant("2023-01-25T18:13UTC") == "2023-01-25T18:13:00Z"
+    # The years 1970 to 2200 as written (the API's as_of rule), whatever year that is in UTC
+    assert service.parse_instant("2200-12-31T23:00-05:00") == "2201-01-01T04:00:00Z"
+    assert service.parse_instant("1970-01-01T00:30+01:00") == "1969-12-31T23:30:00Z"
+    for bad in ("1969-12-31T23:30:00Z", "2201-01-01"):
+        with pytest.raises(service.BadRequest, match="between the years 1970 and 2200"):
+            service.parse_instant(bad)
     with pytest.raises(service.BadRequest, match="ISO 8601"):
         service.parse_instant("yesterday")
     assert service.check_reach("unbounded") is None and service.check_reach("90") == 90
