@@ -82,7 +82,7 @@ FIELD_RULES = {
     "as_of": "an ISO 8601 date or date-time with a year from 1970 to 2200, e.g. \"2023-01-25T18:13:22Z\"",
     "store_ids": (f"a non-empty list of at most {m.MAX_STORE_IDS:,} store ids, each a string of 1 to "
                   f"{m.MAX_STORE_ID_CHARS} characters (leave it out to report on every store)"),
-    "store_ids[]": f"a store id: a string of 1 to {m.MAX_STORE_ID_CHARS} characters",
+    "store_ids[]": f"a store id: a string of 1 to {m.MAX_STORE_ID_CHARS} characters, not only white space",
     "columns": "\"standard\" or \"extended\"",
     "reach_minutes": f"an integer from 1 to {MAX_REACH_MINUTES}, or null for unbounded reach",
     "report_id": "a UUID such as the one /trigger_report returned",
@@ -215,8 +215,8 @@ def validation_error_response(exc: ValidationError) -> Response:
 # --- request bodies ---------------------------------------------------------------------------------
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"request body is too large (limit {limit} bytes); "
-                         "load bigger files with `make load` on the server")
+    advice = "; load bigger files with `make load` on the server" if limit == MAX_UPLOAD_BYTES else ""
+    return ApiError(413, f"request body is too large (limit {limit} bytes){advice}")
 
 
 def read_body(limit: int, sink: Callable[[bytes], object]) -> int:
@@ -369,7 +369,13 @@ def _upload(table: str, keys: tuple[str, ...], adapter, ingest) -> Response:
         raise ApiError(415, f"unsupported Content-Type {media_type or '(none)'}; send text/csv or application/json")
     shape = "{" + ", ".join(keys) + "}"
     with Spool(uploads_dir(settings())) as spool:
-        if read_body(MAX_UPLOAD_BYTES, spool.write) == 0:
+        try:
+            received = read_body(MAX_UPLOAD_BYTES, spool.write)
+            source = None if as_json else spool.source()   # flushes a spooled file
+        except OSError as exc:  # the spool folder is full or read-only: the operator's problem, said so
+            raise ApiError(507, f"the server has no room to receive this upload ({exc.strerror}); nothing "
+                                "was loaded; please tell the operator") from None
+        if received == 0:
             raise ApiError(400, f"the request body is empty; send CSV (Content-Type: text/csv) with a header "
                                 f"line {','.join(keys)}, or a JSON list of objects {shape}")
         with _UploadTurn(current_app.extensions[UPLOADS_EXTENSION]):
@@ -386,8 +392,7 @@ def _upload(table: str, keys: tuple[str, ...], adapter, ingest) -> Response:
                             frame[key] = frame[key].astype(object).where(frame[key].notna(), "")
                     summary = ingest(db(), frame, source="<request>")
                 else:
-                    argument = {"store_status": "status", "special_hours": "special_hours"}[table]
-                    [summary] = database.load_files(db(), **{argument: spool.source()}, name="<request>")
+                    [summary] = database.load_tables(db(), {table: source}, name="<request>")
             except database.LoadError as exc:
                 raise ApiError(400, str(exc)) from None
     return jsonify(summary.to_dict())
@@ -642,6 +647,7 @@ def build_api() -> APIBlueprint:
         400: _error("Empty body, JSON that is not a list of such objects, a CSV without the columns"),
         413: _error(f"Body over {MAX_UPLOAD_BYTES // 2**20} MiB (load bigger files with `make load`)"),
         415: _error("A Content-Type other than text/csv or application/json"),
+        507: _error("The server has no room to receive the upload (disk full or read-only); nothing loaded"),
         429: _error(f"Other uploads kept this process busy for {UPLOAD_WAIT_SECONDS:g} s", RETRY_AFTER)}
 
     @api.post("/store_status", tags=[data_tag], responses=upload_answers,

@@ -61,7 +61,8 @@ def _whole_number(value: Any) -> Any:
 # (the bounds come before the validator: after it, pydantic would write them as unknown `ge`/`le` keys)
 ReachMinutes = Annotated[int, Strict(), Field(ge=1, le=MAX_REACH_MINUTES), BeforeValidator(_whole_number)]
 AsOf = Annotated[str, Field(pattern=AS_OF_PATTERN, examples=["2023-01-25T18:13:22Z"])]
-StoreIdItem = Annotated[str, Field(min_length=1, max_length=MAX_STORE_ID_CHARS)]
+# At least one character that is not white space: ids are trimmed, and an empty id names no store.
+StoreIdItem = Annotated[str, Field(min_length=1, max_length=MAX_STORE_ID_CHARS, pattern=r"\S")]
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 

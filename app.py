@@ -52,6 +52,9 @@ access_log = logging.getLogger("store_monitoring.access")
 
 PAGES = "pages"            # a blueprint of HTML pages checks the token and shows errors itself
 DOC_ENDPOINTS = {"docs", "openapi_document"}   # /docs and /openapi.json (and the blueprints below)
+# What a logged-in browser follows as a plain link, so it carries the pages' login cookie, no header:
+# the documentation, and a report's CSV (the dashboard's download button).
+COOKIE_ENDPOINTS = DOC_ENDPOINTS | {f"{API}.download_report"}
 DOC_BLUEPRINTS = {"openapi", "swagger"}        # flask-openapi3's /docs/openapi.json, Swagger UI and its files
 DOCS_PREFIX = "/docs"
 API_VERSION = "2.0.0"
@@ -210,14 +213,15 @@ def _start_timer() -> None:
 
 def _require_token():
     """With SM_API_TOKEN set: `Authorization: Bearer <token>` on everything but /health. The pages check
-    it themselves (from the header or their login cookie); the documentation (/docs, /openapi.json) also
-    takes the pages' login cookie, so that a browser that logged in can read it (/docs sends one that did
-    not to the login page). The API itself takes the header only."""
+    it themselves (from the header or their login cookie); the documentation (/docs, /openapi.json) and
+    the CSV download also take the pages' login cookie, so that a browser that logged in can follow
+    those links (/docs sends one that did not to the login page). The rest of the API takes the header
+    only."""
     expected = request_settings().api_token
     if not expected or request.endpoint == f"{API}.health" or PAGES in request.blueprints:
         return None
-    documentation = request.endpoint in DOC_ENDPOINTS or (request.blueprint or "") in DOC_BLUEPRINTS
-    if documentation and _same_token(request.cookies.get(dashboard.TOKEN_COOKIE, ""), expected):
+    by_link = request.endpoint in COOKIE_ENDPOINTS or (request.blueprint or "") in DOC_BLUEPRINTS
+    if by_link and _same_token(request.cookies.get(dashboard.TOKEN_COOKIE, ""), expected):
         return None
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     challenge = 'Bearer realm="store-monitoring"'

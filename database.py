@@ -87,6 +87,10 @@ CREATE TABLE IF NOT EXISTS reports (
     lease_until REAL                             -- Unix seconds; a Running job past it is taken over
 );
 CREATE INDEX IF NOT EXISTS reports_by_status ON reports (status);
+CREATE TABLE IF NOT EXISTS report_durations (   -- one row per completed report, kept when the report is
+    finished_at TEXT NOT NULL,                   -- deleted: /metrics' report-seconds histogram only grows
+    seconds     REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS loads (              -- one row per table of each load, written in its transaction
     load_id     INTEGER PRIMARY KEY,
     finished_at TEXT NOT NULL,                   -- ISO 8601 UTC
@@ -271,6 +275,7 @@ def mark_report_complete(conn: sqlite3.Connection, report_id: str, *, file: str,
              "owner": owner}).rowcount == 1
         if done:
             _end_attempt(conn, report_id, "Complete", stamp)
+            conn.execute("INSERT INTO report_durations (finished_at, seconds) VALUES (?, ?)", (stamp, seconds))
     return done
 
 
@@ -380,7 +385,7 @@ ONE_TIME_EMPTY = "one time empty"
 TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?: ?UTC|Z|[+-]\d{2}(?::?\d{2})?)?$"
 # `HH:MM:SS` with an optional fraction; `H:MM` and `HH:MM` are read as `HH:MM:00`.
 TIME_RE = r"^(?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?P<f>\.\d{1,6})?)?$"
-DATE_RE = r"\d{4}-\d{2}-\d{2}"   # special_hours.date, a local calendar date; also checked to exist
+DATE_RE = r"(?!0000)\d{4}-\d{2}-\d{2}"   # special_hours.date, a local calendar date; also checked to exist
 # A store id is opaque text, but it ends up in CSV files, logs and spreadsheets: at most MAX_STORE_ID
 # characters, no control characters (a CR split a JSON id into a phantom store; a NUL cannot be selected
 # again), and no first character a spreadsheet reads as a formula (=, +, -, @). One exception: a minus
@@ -922,23 +927,25 @@ def recent_loads(conn: sqlite3.Connection, limit: int = 10) -> list[dict]:
 
 
 def metrics_facts(conn: sqlite3.Connection, report_seconds_buckets) -> dict:
-    """What /metrics exposes, in one read: jobs by status, completed report durations as cumulative
-    bucket counts, and rows ingested by table and outcome (summed over the load log)."""
+    """What /metrics exposes, in one read: jobs by status, the durations of every report ever completed
+    as cumulative bucket counts (from `report_durations`, which deleting reports leaves alone, so the
+    histogram never goes down), and rows ingested by table and outcome (summed over the load log)."""
     jobs = dict(conn.execute("SELECT status, COUNT(*) FROM reports GROUP BY status").fetchall())
-    seconds = [row[0] for row in conn.execute("SELECT seconds FROM reports WHERE status = 'Complete' "
-                                              "AND seconds IS NOT NULL")]
-    buckets = [(bound, sum(1 for value in seconds if value <= bound)) for bound in report_seconds_buckets]
+    bounds = list(report_seconds_buckets)
+    count, total, *at_most = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(seconds), 0)" + "".join(", COALESCE(SUM(seconds <= ?), 0)" for _ in bounds)
+        + " FROM report_durations", bounds).fetchone()
+    buckets = list(zip(bounds, at_most))
     rows: dict[tuple[str, str], int] = {}
     outcomes = ("new", "already_stored", "changed", "conflicting", "duplicates")
     for table, new, stored, changed, conflicting, duplicates, rejected in conn.execute(f"""
             SELECT table_name, {', '.join(f"SUM(json_extract(summary, '$.{o}'))" for o in outcomes)},
                    SUM((SELECT COALESCE(SUM(value), 0) FROM json_each(summary, '$.rejected')))
             FROM loads GROUP BY table_name"""):
-        for outcome, count in zip(outcomes + ("rejected",), (new, stored, changed, conflicting, duplicates,
-                                                               rejected)):
-            rows[(table, outcome)] = int(count or 0)
-    return {"jobs_by_status": jobs, "report_seconds": {"buckets": buckets, "count": len(seconds),
-                                                       "sum": float(sum(seconds))},
+        for outcome, rows_of_outcome in zip(outcomes + ("rejected",), (new, stored, changed, conflicting,
+                                                                         duplicates, rejected)):
+            rows[(table, outcome)] = int(rows_of_outcome or 0)
+    return {"jobs_by_status": jobs, "report_seconds": {"buckets": buckets, "count": count, "sum": float(total)},
             "rows_ingested": rows}
 
 

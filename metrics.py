@@ -41,7 +41,7 @@ class DatabaseCollector:
                                 value=facts["jobs_by_status"].get("Queued", 0))
         seconds = facts["report_seconds"]
         yield HistogramMetricFamily(
-            "store_monitoring_report_seconds", "Seconds per completed report (jobs still in the table)",
+            "store_monitoring_report_seconds", "Seconds per completed report (every report, deleted ones included)",
             buckets=[(str(bound), count) for bound, count in seconds["buckets"]] + [("+Inf", seconds["count"])],
             sum_value=seconds["sum"])
         rows = CounterMetricFamily("store_monitoring_rows_ingested", "Rows loaded, by table and outcome",

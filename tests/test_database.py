@@ -1140,3 +1140,10 @@ def test_unsafe_store_ids_in_a_streamed_csv_and_examples_stay_short(db, tmp_path
     assert summary.examples["unsafe store_id"] == "line 3: =1+2,active,2023-01-22 12:00:00 UTC"
     long_example = database._example_value("y" * 1_000_000)
     assert len(long_example) < 120 and "1,000,000 characters" in long_example
+
+
+def test_special_date_of_year_zero_is_a_bad_date(db):
+    special = pd.DataFrame({"store_id": ["a", "b"], "date": ["0000-02-29", "2024-02-29"],
+                            "start_time_local": ["", ""], "end_time_local": ["", ""]})
+    summary = database.ingest_special_hours(db, special)
+    assert summary.rejected == {"bad date": 1} and summary.new == 1

@@ -45,3 +45,11 @@ def test_every_load_is_logged_in_its_transaction(db):
     loads = database.recent_loads(db)
     assert [(load["table"], load["new"]) for load in loads] == [("business_hours", 1), ("store_status", 1)]
     assert loads[0]["finished_at"].endswith("Z")
+
+
+def test_report_seconds_never_go_down_when_reports_are_deleted(db, db_path):
+    database.create_report_job(db, "r1", {})
+    database.mark_report_complete(db, "r1", file="r1.csv", rows=1, as_of="2023-01-22T12:00:00Z", seconds=0.3)
+    before = samples(db_path)[("store_monitoring_report_seconds_count", ())]
+    database.delete_report_job(db, "r1")
+    assert samples(db_path)[("store_monitoring_report_seconds_count", ())] == before == 1

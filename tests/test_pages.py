@@ -284,3 +284,20 @@ def test_the_dashboard_survives_a_report_file_that_went_away(tmp_path):
         assert client.get(f"/reports/{report_id}/view").status_code == 404
     finally:
         close(app)
+
+
+def test_with_a_token_the_download_button_works_for_a_logged_in_browser(tmp_path):
+    settings = replace(settings_for(tmp_path), api_token="s3cret-token")
+    load_generated(settings.database_path, tmp_path / "data", stores=10)
+    app = pages_app(settings)
+    try:
+        client = app.test_client()
+        report_id = run_report(client, headers={"Authorization": "Bearer s3cret-token"})
+        assert client.get(f"/reports/{report_id}.csv").status_code == 401   # no cookie, no header
+        client.post("/login", data={"token": "s3cret-token", "next": "/"})
+        download = client.get(f"/reports/{report_id}.csv")                  # the button: a plain link
+        assert download.status_code == 200 and download.mimetype == "text/csv"
+        # The cookie opens the links a browser follows, not the rest of the API.
+        assert client.get("/reports").status_code == 401
+    finally:
+        close(app)
