@@ -6,9 +6,9 @@ PY := $(VENV)/bin/python
 
 .PHONY: run dev test bench soak load clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements.lock
 	touch $@
 
 # The production server: gunicorn, SM_WEB_WORKERS processes with their report workers (gunicorn.conf.py).
