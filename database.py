@@ -1688,8 +1688,55 @@ class ReportInputs:
     special_hours: pd.DataFrame = field(default_factory=lambda: _empty_frame(SPECIAL_COLUMNS))
 
 
+def _chosen_stores(store_ids: list[str] | None, key_range: tuple[int, int] | None) -> tuple[str, tuple]:
+    """The `chosen` CTE (the stores a report is about: all, those asked for, those in a store_key range)
+    and its parameters, which bind first (placeholders bind in the order they appear in the text)."""
+    where, params = [], []
+    if store_ids is not None:
+        where.append("store_id IN (SELECT value FROM json_each(?))")
+        params.append(json.dumps(list(store_ids)))
+    if key_range is not None:
+        where.append("store_key BETWEEN ? AND ?")
+        params.extend(int(bound) for bound in key_range)
+    clause = "" if not where else " WHERE " + " AND ".join(where)
+    return f"WITH chosen AS (SELECT store_key, store_id FROM stores{clause})", tuple(params)
+
+
+def _latest_poll_us(conn: sqlite3.Connection) -> int | None:
+    """The latest poll of any store: one primary-key seek per store."""
+    latest = conn.execute("""SELECT MAX((SELECT MAX(p.timestamp_us) FROM store_status p
+                                         WHERE p.store_key = s.store_key)) FROM stores s""").fetchone()[0]
+    return None if latest is None else int(latest)
+
+
+def plan_report_shards(database_path: str | Path, *, shard_stores: int, as_of_us: int | None = None,
+                       store_ids: list[str] | None = None) -> tuple[int | None, list[tuple[int, int]]]:
+    """The report's now (as_of, or the latest poll; None without polls) and store_key ranges
+    [low, high] (inclusive) of at most `shard_stores` chosen stores each, in key order, in one snapshot.
+
+    Stores are independent of each other in a report, so each range can be read and computed on its own.
+    The last range is open-ended upwards so that a store added after the plan falls into a shard.
+    """
+    if shard_stores < 1:
+        raise ValueError("shard_stores must be at least 1")
+    chosen, params = _chosen_stores(store_ids, None)
+    conn = sqlite3.connect(database_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        now_us = _latest_poll_us(conn) if as_of_us is None else as_of_us
+        keys = [key for key, in conn.execute(f"{chosen} SELECT store_key FROM chosen ORDER BY store_key", params)]
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
+    lows = keys[::shard_stores]
+    highs = [low - 1 for low in lows[1:]] + [np.iinfo(np.int64).max]
+    return now_us, list(zip(lows, highs))
+
+
 def read_report_inputs(database_path: str | Path, *, lookback_us: int, as_of_us: int | None = None,
-                       store_ids: list[str] | None = None) -> ReportInputs:
+                       store_ids: list[str] | None = None,
+                       key_range: tuple[int, int] | None = None) -> ReportInputs:
     """The polls, hours, timezones and special hours a report at `as_of_us` (default: the latest poll) depends on.
 
     Polls: those in [now - lookback, now], plus each store's latest poll before that. Only that one can
@@ -1704,19 +1751,15 @@ def read_report_inputs(database_path: str | Path, *, lookback_us: int, as_of_us:
     text, and 2.3 s for fetchall(). (Drivers that bring their own SQLite, such as ADBC's, are not an
     option: two SQLite copies in one process break each other's POSIX locks on the same file.)
     """
-    # `chosen` is the stores the report is about (all, or those asked for). Placeholders bind in the
-    # order they appear in the text: the ids of `chosen` always come first.
-    chosen = "WITH chosen AS (SELECT store_key, store_id FROM stores{})".format(
-        "" if store_ids is None else " WHERE store_id IN (SELECT value FROM json_each(?))")
-    ids = () if store_ids is None else (json.dumps(list(store_ids)),)
+    # `chosen` is the stores the report is about (all, those asked for, those of a shard's key range).
+    # Placeholders bind in the order they appear in the text: the parameters of `chosen` always come first.
+    chosen, ids = _chosen_stores(store_ids, key_range)
+    every_store = store_ids is None and key_range is None
     conn = sqlite3.connect(database_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         conn.execute("BEGIN")  # deferred: the snapshot starts at the first read and holds until ROLLBACK
         if as_of_us is None:
-            # The latest poll: one primary-key seek per store.
-            latest = conn.execute("""SELECT MAX((SELECT MAX(p.timestamp_us) FROM store_status p
-                                                 WHERE p.store_key = s.store_key)) FROM stores s""").fetchone()[0]
-            now_us = None if latest is None else int(latest)
+            now_us = _latest_poll_us(conn)
         else:
             now_us = as_of_us
         if now_us is None:
@@ -1743,7 +1786,7 @@ def read_report_inputs(database_path: str | Path, *, lookback_us: int, as_of_us:
         # Hours and zones of the chosen stores (the engine ignores those of stores without polls, so for
         # a report on every store the plain scans are cheapest). Object columns: building pandas'
         # Arrow strings from 86k tuples costs twice as long, and the engine factorises them anyway.
-        if store_ids is None:
+        if every_store:
             hours_rows = conn.execute(f"SELECT {', '.join(HOURS_COLUMNS)} FROM business_hours").fetchall()
             zone_rows = conn.execute(f"SELECT {', '.join(ZONE_COLUMNS)} FROM timezones").fetchall()
         else:
@@ -1755,7 +1798,7 @@ def read_report_inputs(database_path: str | Path, *, lookback_us: int, as_of_us:
         # opened only by an older version has no such table.
         special_rows = []
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'special_hours'").fetchone():
-            if store_ids is None:
+            if every_store:
                 special_rows = conn.execute(f"SELECT {', '.join(SPECIAL_COLUMNS)} FROM special_hours").fetchall()
             else:
                 special_rows = conn.execute(f"""{chosen} SELECT {', '.join('h.' + c for c in SPECIAL_COLUMNS)}

@@ -137,6 +137,8 @@ class ReportJobs:
             self._threads.append(thread)
         self._heartbeat = threading.Thread(target=self._renew_leases, name="report-worker-lease", daemon=True)
         self._heartbeat.start()
+        if self._generate is None and self.workers > 0:
+            report_generator.warm_pool()  # the shard processes, started once per process
         self._started = True
         self.log.info("report workers started: %d threads as %s (lease %g s)", self.workers, self.owner,
                       self.lease_seconds)

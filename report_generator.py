@@ -13,10 +13,15 @@ rounding is the final conversion to minutes/hours.
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import re
+import signal
 import tempfile
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from datetime import date, datetime, timedelta, timezone
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -825,11 +830,110 @@ def generate_timeline(database_path: str | Path, store_id: str, *, as_of=None,
 
 # --- from the database to a CSV file ---------------------------------------------------------------------
 
+# Reports are computed in shards of stores: stores are independent of each other in a report, so each
+# shard (a range of store keys) is read and computed on its own and the rows are merged in store_id text
+# order, byte-identical to one computation over every store. Peak memory follows the shard, not the fleet.
+# Stores per shard; SM_SHARD_STORES overrides it. Measured on 2 CPUs at 14,000 stores (bench/run.py): 4000
+# -> real size 0.38 s, 10x density 1.40 s with 500 MB per shard process; 2000 -> 0.44 s, 1.16 s, 305 MB;
+# 1000 -> 0.49 s, 1.14 s, 198 MB.
+SHARD_STORES = 2000
+# Processes computing shards (SM_REPORT_PROCESSES); 0 = in the calling process, one shard after another.
+REPORT_PROCESSES = min(2, os.cpu_count() or 1)
+
+_pool_lock = threading.Lock()
+_pool: ProcessPoolExecutor | None = None
+_pool_owner: int | None = None  # the pid that started the pool: a forked child must not reuse it
+
+
+def _setting(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _shard_pool(processes: int) -> ProcessPoolExecutor:
+    """The pool of shard processes, started once per process and reused. forkserver, never fork: the web
+    server's processes run threads (job workers), and forking a process with threads running can copy a
+    lock held by another thread. The fork server preloads this module, so a new worker starts warm."""
+    global _pool, _pool_owner
+    with _pool_lock:
+        if _pool is None or _pool_owner != os.getpid():
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["report_generator", "database"])
+            _pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_ignore_interrupts)
+            _pool_owner = os.getpid()
+        return _pool
+
+
+def _ignore_interrupts() -> None:
+    """Shard processes leave Ctrl-C to the process that started them: a terminal sends SIGINT to the whole
+    process group, and the serving process lets its running reports finish before it exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def warm_pool(processes: int | None = None) -> None:
+    """Start the shard processes now (without waiting for them), so the first report does not pay for it."""
+    processes = _setting("SM_REPORT_PROCESSES", REPORT_PROCESSES) if processes is None else processes
+    if processes >= 1:
+        pool = _shard_pool(processes)
+        for _ in range(processes):
+            pool.submit(os.getpid)
+
+
+def _discard_pool(pool: ProcessPoolExecutor) -> None:
+    """Forget a broken pool (a worker died): the next report starts a new one."""
+    global _pool
+    with _pool_lock:
+        if _pool is pool:
+            _pool = None
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _report_shard(database_path: str, now_us: int, key_range: tuple[int, int] | None, store_ids: list[str] | None,
+                  reach_minutes: int | None, default_timezone: str, extended: bool):
+    """One shard's rows (sorted by store_id text) and metadata, read from the database on its own."""
+    import database
+
+    started = time.perf_counter()
+    inputs = database.read_report_inputs(database_path, lookback_us=WEEK_US, as_of_us=now_us,
+                                         store_ids=store_ids, key_range=key_range)
+    loaded = time.perf_counter()
+    frame = compute_report(inputs.polls, inputs.business_hours, inputs.timezones, inputs.now,
+                           special_hours=inputs.special_hours, reach_minutes=reach_minutes,
+                           default_timezone=default_timezone, store_ids=store_ids, extended=extended)
+    attrs = dict(frame.attrs)
+    frame.attrs = {}
+    return frame, attrs, loaded - started, time.perf_counter() - loaded
+
+
+SUMMED_ATTRS = ("stores", "stores_without_timezone", "stores_with_unknown_timezone",
+                "stores_without_polls_this_week")
+
+
+def _merge_shards(results: list) -> pd.DataFrame:
+    """The shards' rows in store_id text order, as one computation over every store gives them."""
+    frames = [frame for frame, _, _, _ in results if len(frame)] or [results[0][0]]
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    order = np.argsort(np.asarray(frame["store_id"], dtype=object), kind="stable")
+    frame = frame.iloc[order].reset_index(drop=True)
+    attrs = dict(results[0][1])
+    for key in SUMMED_ATTRS:
+        attrs[key] = sum(shard_attrs[key] for _, shard_attrs, _, _ in results)
+    frame.attrs = attrs
+    return frame
+
+
 def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=None,
                     store_ids: Iterable[str] | None = None, extended: bool = False,
                     reach_minutes: int | None = DEFAULT_REACH_MINUTES, default_timezone: str = DEFAULT_TIMEZONE,
-                    progress: Callable[[float], None] | None = None) -> ReportOutcome:
+                    progress: Callable[[float], None] | None = None, shard_stores: int | None = None,
+                    processes: int | None = None) -> ReportOutcome:
     """Read what the report needs, compute it and write `out_path` atomically (temporary file, rename).
+
+    The stores are split into shards of at most `shard_stores` (default SHARD_STORES, SM_SHARD_STORES);
+    with more than one shard they are computed by `processes` worker processes (default REPORT_PROCESSES,
+    SM_REPORT_PROCESSES; 0 = here, one after another). Every shard reports at the same `now`, resolved once
+    here. Each shard reads its own snapshot: an ingestion committed while a report runs may be seen by some
+    shards and not others (each store's figures are still from one consistent snapshot).
 
     Raises ReportError when there is nothing to report on (no polls at all).
     """
@@ -837,26 +941,51 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
 
     report = progress or (lambda fraction: None)
     started = time.perf_counter()
-    inputs = database.read_report_inputs(database_path, lookback_us=WEEK_US,
-                                         as_of_us=None if as_of is None else _to_utc_us(as_of),
-                                         store_ids=None if store_ids is None else list(store_ids))
-    if inputs.now is None:
+    store_ids = None if store_ids is None else list(store_ids)
+    shard_stores = _setting("SM_SHARD_STORES", SHARD_STORES) if shard_stores is None else shard_stores
+    processes = _setting("SM_REPORT_PROCESSES", REPORT_PROCESSES) if processes is None else processes
+    now_us, shards = database.plan_report_shards(database_path, shard_stores=shard_stores,
+                                                 as_of_us=None if as_of is None else _to_utc_us(as_of),
+                                                 store_ids=store_ids)
+    if now_us is None:
         raise ReportError("no polls have been loaded yet: load store_status data first")
-    loaded = time.perf_counter()
-    report(0.5)
-    frame = compute_report(inputs.polls, inputs.business_hours, inputs.timezones, inputs.now,
-                           special_hours=inputs.special_hours, reach_minutes=reach_minutes,
-                           default_timezone=default_timezone, store_ids=store_ids, extended=extended)
+    planned = time.perf_counter()
+    if len(shards) <= 1:
+        shards = [None]  # one shard: read every chosen store, as an unsharded report does
+    job = (str(database_path), now_us)
+    options = (store_ids, reach_minutes, default_timezone, extended)
+    if len(shards) == 1 or processes < 1:
+        results = []
+        for done, key_range in enumerate(shards, 1):
+            results.append(_report_shard(*job, key_range, *options))
+            report(0.9 * done / len(shards))
+    else:
+        pool = _shard_pool(processes)
+        try:
+            futures = [pool.submit(_report_shard, *job, key_range, *options) for key_range in shards]
+            for done, _ in enumerate(as_completed(futures), 1):
+                report(0.9 * done / len(shards))
+            results = [future.result() for future in futures]
+        except BrokenProcessPool:
+            _discard_pool(pool)
+            raise
     computed = time.perf_counter()
-    report(0.9)
+    frame = _merge_shards(results)
     write_csv_atomically(frame, Path(out_path))
     written = time.perf_counter()
-    timings = {"load": loaded - started, "compute": computed - loaded, "write": written - computed}
+    # load: planning plus the shards' reads, compute: the rest of the shard phase (wall clock, shared out
+    # in the ratio of the shards' own read and compute seconds), write: merging and writing the CSV.
+    read_s, compute_s = sum(r[2] for r in results), sum(r[3] for r in results)
+    shard_wall = computed - planned
+    load_share = read_s / (read_s + compute_s) if read_s + compute_s > 0 else 0.5
+    timings = {"load": planned - started + shard_wall * load_share, "compute": shard_wall * (1 - load_share),
+               "write": written - computed}
     meta = {key: value for key, value in frame.attrs.items() if key != "now"}  # `now` is as_of
     first_poll_us = database.first_poll_us(database_path) if len(frame) == 0 and as_of is not None else None
     meta["warnings"] = report_warnings(frame, store_ids, first_poll_us)
-    return ReportOutcome(rows=len(frame), as_of=inputs.now, seconds=written - started,
-                         timings={k: round(v, 4) for k, v in timings.items()}, meta=meta)
+    return ReportOutcome(rows=len(frame), as_of=pd.Timestamp(now_us, unit="us", tz="UTC"),
+                         seconds=written - started, timings={k: round(v, 4) for k, v in timings.items()},
+                         meta=meta)
 
 
 WARNING_EXAMPLES = 5  # ids listed in a warning; the count says how many there are in all

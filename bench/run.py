@@ -141,7 +141,8 @@ def worker_engine(args) -> int:
         runs.append({"wall": wall, "seconds": float(outcome.seconds), "rows": int(outcome.rows),
                      "as_of": str(outcome.as_of), "timings": {k: float(v) for k, v in (outcome.timings or {}).items()}})
         out.unlink(missing_ok=True)
-    _emit({"runs": runs})
+    child_mb = [mb for mb in map(peak_rss_mb, descendants(os.getpid())) if mb is not None]
+    _emit({"runs": runs, "child_peak_rss_mb": child_mb})
     return 0
 
 
@@ -223,6 +224,24 @@ def _proc_status_mb(pid: int, field: str) -> float | None:
 def peak_rss_mb(pid: int) -> float | None:
     """Resident high-water mark (VmHWM)."""
     return _proc_status_mb(pid, "VmHWM")
+
+
+def descendants(pid: int) -> list[int]:
+    """The process ids below `pid` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def rss_mb(pid: int) -> float | None:
@@ -385,6 +404,8 @@ def run(args, work: Path, children: list[Child]) -> dict:
             "csv_rows": len(lines) - 1, "csv_header": lines[0] if lines else ""})
         print(f"report via API: {wall:.2f} s trigger->Complete, {len(lines) - 1:,} rows", flush=True)
     res["api"]["server_peak_rss_mb"] = peak_rss_mb(server.pid)
+    # The report's shard processes (and their fork server) are the server's children.
+    res["api"]["child_peak_rss_mb"] = [mb for mb in map(peak_rss_mb, descendants(server.pid)) if mb is not None]
     server.stop()
 
     # 4. the engine alone, a few times, in a fresh process
@@ -396,6 +417,7 @@ def run(args, work: Path, children: list[Child]) -> dict:
             raise BenchError(f"engine runs failed (exit {engine.proc.returncode}):\n{engine.errors()}")
         runs = (engine.result() or {}).get("runs", [])
         res["engine"] = {"runs": runs, "peak_rss_mb": (engine.result() or {}).get("self_peak_rss_mb"),
+                         "child_peak_rss_mb": (engine.result() or {}).get("child_peak_rss_mb"),
                          "wait4_maxrss_mb": engine.maxrss_mb,
                          "median_s": median([r["seconds"] for r in runs]),
                          "median_timings": {k: median([r["timings"].get(k) for r in runs])
@@ -462,11 +484,19 @@ def render(res: dict) -> str:
         rows.append(("  download CSV", f"{run['csv_bytes'] / 1024:,.0f} KiB", _f(run["download_s"], "{:.3f}"), "", "", ""))
     rows.append(("report server process (app + workers)", "", "", "", _f(res["api"]["server_peak_rss_mb"], "{:.0f}"),
                  _mark(res["api"]["server_peak_rss_mb"], TARGETS["memory_mb"], "< 1 GB", scale)))
+    child_mb = res["api"].get("child_peak_rss_mb") or []
+    if child_mb:
+        rows.append((f"  its {len(child_mb)} child processes (shards, fork server): max / sum", "", "", "",
+                     f"{max(child_mb):.0f} / {sum(child_mb):.0f}", ""))
     engine = res.get("engine")
     if engine:
         t = engine["median_timings"]
         rows.append((f"engine generate_report, median of {len(engine['runs'])}", f"{engine['runs'][0]['rows']:,}",
                      _f(engine["median_s"]), "", _f(engine["peak_rss_mb"], "{:.0f}"), _mark(engine["median_s"], TARGETS["report_s"], "<= 1.5 s", scale)))
+        child_mb = (engine.get("child_peak_rss_mb") or [])
+        if child_mb:
+            rows.append((f"  its {len(child_mb)} child processes (shards, fork server): max / sum", "", "", "",
+                         f"{max(child_mb):.0f} / {sum(child_mb):.0f}", ""))
         rows.append(("  load / compute / write (medians)", "",
                      f"{_f(t.get('load'))} / {_f(t.get('compute'))} / {_f(t.get('write'))}",
                      "", "", ""))
