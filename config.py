@@ -34,6 +34,8 @@ class Settings:
     queue_limit: int = 16
     poll_reach_minutes: int | None = DEFAULT_REACH_MINUTES  # a report's reach unless it asks; None = unbounded
     report_retention_days: float = 7.0  # finished reports (rows and files) older than this are deleted
+    shard_stores: int = 2000      # stores per shard of a report (report_generator.SHARD_STORES)
+    report_processes: int = min(2, os.cpu_count() or 1)  # shard processes per server process; 0: none
     web_workers: int = 2          # gunicorn worker processes (`make run`); each runs `workers` report threads
     web_threads: int = 4          # request threads per web worker process
     job_lease_seconds: int = 30   # a running job's claim; renewed every third of it, taken over once expired
@@ -53,6 +55,8 @@ class Settings:
         "queue_limit": "SM_QUEUE_LIMIT",
         "poll_reach_minutes": "SM_POLL_REACH_MINUTES",
         "report_retention_days": "SM_REPORT_RETENTION_DAYS",
+        "shard_stores": "SM_SHARD_STORES",
+        "report_processes": "SM_REPORT_PROCESSES",
         "web_workers": "SM_WEB_WORKERS",
         "web_threads": "SM_WEB_THREADS",
         "job_lease_seconds": "SM_JOB_LEASE_SECONDS",
@@ -76,7 +80,8 @@ class Settings:
             if raw is None or raw.strip() == "":
                 continue
             raw = raw.strip()
-            if field in ("port", "workers", "queue_limit", "web_workers", "web_threads", "job_lease_seconds"):
+            if field in ("port", "workers", "queue_limit", "web_workers", "web_threads", "job_lease_seconds",
+                         "shard_stores"):
                 try:
                     number = int(raw)
                 except ValueError:
@@ -84,6 +89,10 @@ class Settings:
                 if number < 1 or (field == "port" and number > 65535):
                     raise ValueError(f"{key} is out of range: {number}")
                 values[field] = number
+            elif field == "report_processes":  # 0 is a value here: compute in the serving process
+                if not raw.isdigit():
+                    raise ValueError(f"{key} must be a whole number of processes (0: none), got {raw!r}")
+                values[field] = int(raw)
             elif field == "poll_reach_minutes":
                 values[field] = parse_reach(raw, key)
             elif field == "report_retention_days":

@@ -138,7 +138,7 @@ class ReportJobs:
         self._heartbeat = threading.Thread(target=self._renew_leases, name="report-worker-lease", daemon=True)
         self._heartbeat.start()
         if self._generate is None and self.workers > 0:
-            report_generator.warm_pool()  # the shard processes, started once per process
+            report_generator.warm_pool(self.settings.report_processes)  # shard processes, once per process
         self._started = True
         self.log.info("report workers started: %d threads as %s (lease %g s)", self.workers, self.owner,
                       self.lease_seconds)
@@ -361,6 +361,8 @@ class ReportJobs:
         arguments["extended"] = params.get("columns") == "extended"
         # Resolved when the job was triggered; jobs stored before reach existed use the setting.
         arguments.setdefault("reach_minutes", self.settings.poll_reach_minutes)
+        if self._generate is None:  # the engine's own knobs (a test's stand-in does not take them)
+            arguments.update(shard_stores=self.settings.shard_stores, processes=self.settings.report_processes)
         return arguments
 
     def _renew_leases(self) -> None:

@@ -833,7 +833,7 @@ def generate_timeline(database_path: str | Path, store_id: str, *, as_of=None,
 # Reports are computed in shards of stores: stores are independent of each other in a report, so each
 # shard (a range of store keys) is read and computed on its own and the rows are merged in store_id text
 # order, byte-identical to one computation over every store. Peak memory follows the shard, not the fleet.
-# Stores per shard; SM_SHARD_STORES overrides it. Measured on 2 CPUs at 14,000 stores (bench/run.py): 4000
+# Stores per shard (the service's SM_SHARD_STORES, config.Settings). Measured on 2 CPUs at 14,000 stores (bench/run.py): 4000
 # -> real size 0.38 s, 10x density 1.40 s with 500 MB per shard process; 2000 -> 0.44 s, 1.16 s, 305 MB;
 # 1000 -> 0.49 s, 1.14 s, 198 MB.
 SHARD_STORES = 2000
@@ -843,11 +843,6 @@ REPORT_PROCESSES = min(2, os.cpu_count() or 1)
 _pool_lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 _pool_owner: int | None = None  # the pid that started the pool: a forked child must not reuse it
-
-
-def _setting(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
 
 
 def _shard_pool(processes: int) -> ProcessPoolExecutor:
@@ -872,7 +867,7 @@ def _ignore_interrupts() -> None:
 
 def warm_pool(processes: int | None = None) -> None:
     """Start the shard processes now (without waiting for them), so the first report does not pay for it."""
-    processes = _setting("SM_REPORT_PROCESSES", REPORT_PROCESSES) if processes is None else processes
+    processes = REPORT_PROCESSES if processes is None else processes
     if processes >= 1:
         pool = _shard_pool(processes)
         for _ in range(processes):
@@ -929,9 +924,9 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
                     processes: int | None = None) -> ReportOutcome:
     """Read what the report needs, compute it and write `out_path` atomically (temporary file, rename).
 
-    The stores are split into shards of at most `shard_stores` (default SHARD_STORES, SM_SHARD_STORES);
-    with more than one shard they are computed by `processes` worker processes (default REPORT_PROCESSES,
-    SM_REPORT_PROCESSES; 0 = here, one after another). Every shard reports at the same `now`, resolved once
+    The stores are split into shards of at most `shard_stores` (default SHARD_STORES; the service passes
+    SM_SHARD_STORES); with more than one shard they are computed by `processes` worker processes (default
+    REPORT_PROCESSES; the service passes SM_REPORT_PROCESSES; 0 = here, one after another). Every shard reports at the same `now`, resolved once
     here. Each shard reads its own snapshot: an ingestion committed while a report runs may be seen by some
     shards and not others (each store's figures are still from one consistent snapshot).
 
@@ -942,8 +937,8 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
     report = progress or (lambda fraction: None)
     started = time.perf_counter()
     store_ids = None if store_ids is None else list(store_ids)
-    shard_stores = _setting("SM_SHARD_STORES", SHARD_STORES) if shard_stores is None else shard_stores
-    processes = _setting("SM_REPORT_PROCESSES", REPORT_PROCESSES) if processes is None else processes
+    shard_stores = SHARD_STORES if shard_stores is None else shard_stores
+    processes = REPORT_PROCESSES if processes is None else processes
     now_us, shards = database.plan_report_shards(database_path, shard_stores=shard_stores,
                                                  as_of_us=None if as_of is None else _to_utc_us(as_of),
                                                  store_ids=store_ids)

@@ -73,3 +73,11 @@ def test_other_addresses_need_a_token(host):
     with pytest.raises(ValueError, match="SM_API_TOKEN"):
         Settings.from_env({"SM_HOST": host, "SM_API_TOKEN": "  "})   # blank is not a token
     assert Settings.from_env({"SM_HOST": host, "SM_API_TOKEN": "t"}).api_token == "t"
+
+
+def test_shard_settings():
+    settings = Settings.from_env({"SM_SHARD_STORES": "500", "SM_REPORT_PROCESSES": "0"})
+    assert (settings.shard_stores, settings.report_processes) == (500, 0)
+    for key, value in (("SM_SHARD_STORES", "0"), ("SM_REPORT_PROCESSES", "-1"), ("SM_REPORT_PROCESSES", "two")):
+        with pytest.raises(ValueError, match=key):
+            Settings.from_env({key: value})

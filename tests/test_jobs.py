@@ -409,10 +409,12 @@ def test_job_parameters_reach_the_engine_by_name(settings, pools):
     pool = pools(settings)
     arguments = pool._engine_arguments({"as_of": "2023-01-25T18:00:00Z", "store_ids": ["a"], "columns": "extended",
                                         "reach_minutes": None, "new_option": 3})
+    # The real engine also gets the service's shard settings.
+    shards = {"shard_stores": settings.shard_stores, "processes": settings.report_processes}
     assert arguments == {"as_of": pd.Timestamp("2023-01-25 18:00", tz="UTC"), "store_ids": ["a"],
-                         "extended": True, "reach_minutes": None, "new_option": 3}
+                         "extended": True, "reach_minutes": None, "new_option": 3, **shards}
     assert pool._engine_arguments({}) == {"as_of": None, "store_ids": None, "extended": False,
-                                          "reach_minutes": settings.poll_reach_minutes}
+                                          "reach_minutes": settings.poll_reach_minutes, **shards}
 
 
 def test_an_old_database_gets_the_lease_columns_and_its_jobs_run(settings, pools):
