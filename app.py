@@ -18,8 +18,8 @@ Each request is one log line (`store_monitoring.access`): method, path, status, 
 
 Concurrency: each request opens its own short-lived SQLite connection (WAL mode, so reads never wait
 for a writer); report workers have their own connections (`jobs.py`). An ingestion request is one
-transaction and a report reads its inputs in one read transaction, so a report sees either none or all
-of one request's polls. Report jobs are shared by every process on the database (see `jobs.py`).
+transaction and each shard of a report reads its stores in one read transaction, so a store's figures
+see either none or all of one request's polls. Report jobs are shared by every process on the database (see `jobs.py`).
 """
 from __future__ import annotations
 
