@@ -308,6 +308,22 @@ def report_attempts(conn: sqlite3.Connection, report_id: str | None = None) -> l
         f"SELECT * FROM report_attempts {where} ORDER BY report_id, attempt", args)]
 
 
+def inspect_report_jobs(database_path: str | Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """A live service's job table as stored, for watching it from outside (the soak run, the process
+    tests): every job row by id, and every job's attempts in order. A plain read-only connection: it
+    neither creates nor migrates anything in the database it looks at."""
+    conn = sqlite3.connect(database_path, timeout=BUSY_TIMEOUT_MS / 1000)
+    conn.row_factory = sqlite3.Row
+    try:
+        jobs = {row["report_id"]: dict(row) for row in conn.execute("SELECT * FROM reports")}
+        attempts: dict[str, list[dict]] = {}
+        for attempt in report_attempts(conn):
+            attempts.setdefault(attempt["report_id"], []).append(attempt)
+    finally:
+        conn.close()
+    return jobs, attempts
+
+
 def waiting_report_jobs(conn: sqlite3.Connection) -> list[dict]:
     """Jobs waiting for a worker now (Queued, or Running under a lease that ran out), oldest first."""
     rows = conn.execute(f"SELECT * FROM reports WHERE {_WAITING} ORDER BY created_at, rowid",

@@ -72,6 +72,7 @@ if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
 from bench.run import peak_rss_mb  # noqa: E402  (VmHWM of /proc/<pid>/status, MiB)
+import database  # noqa: E402
 
 HOUR_US = 3_600_000_000
 STARTED_RE = re.compile(r"report (\S+) started: attempt (\d+) in (\S+)")      # as tests/test_processes.py
@@ -338,21 +339,14 @@ class MemoryWatch(threading.Thread):
                     server.sample_memory()
 
 
-# --- the job table (as tests/test_processes.py reads it) ------------------------------------------
+# --- the job table (database.inspect_report_jobs, as tests/test_processes.py reads it) ------------
 
 def jobs_table(db_path: Path) -> dict[str, dict]:
-    with closing(sqlite3.connect(db_path, timeout=30)) as conn:
-        conn.row_factory = sqlite3.Row
-        return {row["report_id"]: dict(row) for row in conn.execute("SELECT * FROM reports")}
+    return database.inspect_report_jobs(db_path)[0]
 
 
 def attempts_table(db_path: Path) -> dict[str, list[dict]]:
-    by_job: dict[str, list[dict]] = {}
-    with closing(sqlite3.connect(db_path, timeout=30)) as conn:
-        conn.row_factory = sqlite3.Row
-        for row in conn.execute("SELECT * FROM report_attempts ORDER BY report_id, attempt"):
-            by_job.setdefault(row["report_id"], []).append(dict(row))
-    return by_job
+    return database.inspect_report_jobs(db_path)[1]
 
 
 def engine_runs(servers) -> dict[str, list[tuple[int, str]]]:
@@ -495,7 +489,6 @@ class Soak:
     # -- set-up --
 
     def prepare(self) -> None:
-        import database
         import sample_data
 
         args = self.args
@@ -786,7 +779,6 @@ class Soak:
     def correctness(self) -> None:
         import pandas as pd
 
-        import database
         import report_generator as rg
 
         problems, figures = [], []

@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -164,18 +163,11 @@ def copy_of(template: Path, tmp_path: Path) -> Path:
 
 
 def jobs_table(db_path: Path) -> dict[str, dict]:
-    with closing(sqlite3.connect(db_path, timeout=30)) as conn:
-        conn.row_factory = sqlite3.Row
-        return {row["report_id"]: dict(row) for row in conn.execute("SELECT * FROM reports")}
+    return database.inspect_report_jobs(db_path)[0]
 
 
 def attempts_table(db_path: Path) -> dict[str, list[dict]]:
-    by_job: dict[str, list[dict]] = {}
-    with closing(sqlite3.connect(db_path, timeout=30)) as conn:
-        conn.row_factory = sqlite3.Row
-        for row in conn.execute("SELECT * FROM report_attempts ORDER BY report_id, attempt"):
-            by_job.setdefault(row["report_id"], []).append(dict(row))
-    return by_job
+    return database.inspect_report_jobs(db_path)[1]
 
 
 def engine_runs(*servers: Server) -> dict[str, list[tuple[int, str]]]:
