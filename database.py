@@ -331,14 +331,6 @@ def waiting_report_jobs(conn: sqlite3.Connection) -> list[dict]:
     return [_job_from_row(row) for row in rows]
 
 
-def unfinished_report_jobs(conn: sqlite3.Connection) -> list[dict]:
-    """Jobs Queued or Running (in any process, or left so by a crash or a stop), oldest first."""
-    rows = conn.execute(
-        "SELECT report_id FROM reports WHERE status IN ('Queued', 'Running') ORDER BY created_at"
-    ).fetchall()
-    return [get_report_job(conn, row["report_id"]) for row in rows]
-
-
 def list_report_jobs(conn: sqlite3.Connection, *, limit: int, offset: int = 0) -> tuple[list[dict], int]:
     """A page of jobs, newest first, and how many there are in all."""
     total = conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0]
