@@ -120,7 +120,7 @@ def jobs() -> ReportJobs:
 def db():
     """This request's connection, opened on first use and closed at teardown (`close_connection`)."""
     if "db" not in g:
-        g.db = database.connect(settings().database_path)
+        g.db = database.connect(settings().database)
     return g.db
 
 
@@ -451,7 +451,7 @@ def check_database() -> str:
     A write held by someone else (a load) for more than a second is fine: the database is writable."""
     conn = None
     try:
-        conn = database.connect(settings().database_path)
+        conn = database.connect(settings().database)
         conn.execute("PRAGMA busy_timeout = 1000")
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -701,7 +701,7 @@ def build_api() -> APIBlueprint:
         "content": {"text/plain": {"schema": {"type": "string"}}}}})
     def metrics_text():
         """Prometheus metrics, read from the database (every process answers the same)"""
-        path = settings().database_path
+        path = settings().database
         return Response(metrics.render(lambda: database.connect(path)), content_type=metrics.CONTENT_TYPE)
 
     return api

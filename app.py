@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True, 
     if load_data:
         log.info("%s", prepare_database(settings))
     else:
-        database.connect(settings.database_path).close()  # creates the schema before anything else runs
+        database.connect(settings.database).close()  # creates the schema before anything else runs
     Path(settings.reports_dir).mkdir(parents=True, exist_ok=True)
     stale = api.remove_stale_uploads(api.uploads_dir(settings))
     if stale:
@@ -158,11 +158,11 @@ def prepare_database(settings: Settings) -> str:
     the database makes processes that start together on one database take turns, so the data is loaded
     once. Returns the line for the log; raises `database.LoadError` or `sqlite3.Error`.
     """
-    lock_path = Path(f"{settings.database_path}-startup.lock")
+    lock_path = Path(f"{settings.database}-startup.lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
-        conn = database.connect(settings.database_path)
+        conn = database.connect(settings.database)
         try:
             return database.ensure_loaded(conn, settings.data_dir)
         finally:
@@ -184,7 +184,7 @@ def _register_cli(app: Flask) -> None:
     def load(options) -> None:
         """Load CSV files into the service's database (same options as `python database.py load`)."""
         settings = app.config["SM_SETTINGS"]
-        raise SystemExit(database.main(["load", "--db", str(settings.database_path), *options]))
+        raise SystemExit(database.main(["load", "--db", str(settings.database), *options]))
 
 
 def shutdown(app: Flask, timeout: float | None = 30.0) -> None:
@@ -299,7 +299,7 @@ LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def serving_message(settings: Settings, server: str) -> str:
-    return (f"serving on http://{settings.host}:{settings.port} with {server} (database {settings.database_path}, "
+    return (f"serving on http://{settings.host}:{settings.port} with {server} (database {settings.database}, "
             f"{settings.workers} report workers per process, queue limit {settings.queue_limit}, "
             f"job lease {settings.job_lease_seconds} s)")
 
@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             log.info("%s", prepare_database(settings))
         except sqlite3.Error as exc:
-            print(f"cannot use the database {settings.database_path} (SM_DATABASE): {exc}", file=sys.stderr)
+            print(f"cannot use the database {settings.database} (SM_DATABASE): {exc}", file=sys.stderr)
             return 2
         except database.LoadError as exc:
             print(f"cannot load the data in {settings.data_dir} (SM_DATA_DIR): {exc}", file=sys.stderr)
@@ -357,7 +357,7 @@ def _serve_dev(settings: Settings) -> int:
     except (sqlite3.Error, database.LoadError) as exc:
         server.server_close()
         where = "use the database" if isinstance(exc, sqlite3.Error) else "load the data"
-        print(f"cannot {where} ({settings.database_path}, {settings.data_dir}): {exc}", file=sys.stderr)
+        print(f"cannot {where} ({settings.database}, {settings.data_dir}): {exc}", file=sys.stderr)
         return 2
     server.app = app
 

@@ -24,7 +24,8 @@ MAX_REACH_MINUTES = 7 * 24 * 60
 
 @dataclass(frozen=True)
 class Settings:
-    database_path: Path = PROJECT_DIR / "store_monitoring.sqlite3"
+    # A SQLite file (the embedded default) or a postgresql:// URL (storage/__init__.py).
+    database: Path | str = PROJECT_DIR / "store_monitoring.sqlite3"
     reports_dir: Path = PROJECT_DIR / "reports"
     data_dir: Path = PROJECT_DIR / "data"
     default_timezone: str = DEFAULT_TIMEZONE
@@ -45,7 +46,7 @@ class Settings:
 
     # Environment variable for each field; documented in the README's configuration table.
     ENV_KEYS = {
-        "database_path": "SM_DATABASE",
+        "database": "SM_DATABASE",
         "reports_dir": "SM_REPORTS_DIR",
         "data_dir": "SM_DATA_DIR",
         "default_timezone": "SM_DEFAULT_TIMEZONE",
@@ -102,6 +103,8 @@ class Settings:
                     raise ValueError(f"{key} must be a number of days, got {raw!r}") from None
                 if not values[field] > 0:
                     raise ValueError(f"{key} must be more than 0 days, got {raw!r}")
+            elif field == "database":
+                values[field] = raw if raw.startswith(("postgresql://", "postgres://")) else Path(raw).expanduser()
             elif field.endswith(("_path", "_dir")):
                 values[field] = Path(raw).expanduser()
             else:

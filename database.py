@@ -1,1583 +1,171 @@
-"""Storage: the SQLite schema, connections, report-job records, data loading and the report's reads.
+"""The storage layer's front door, and `python database.py`, which loads the CSV files.
 
-Layout chosen for the report's hot path (reading a week of polls):
-- `stores` maps each opaque `store_id` text to a small integer `store_key`; polls store the key.
-- `store_status` is a WITHOUT ROWID table clustered on (store_key, timestamp_us): one poll per store and
-  instant by construction, and "the last poll of store S before t" is one index seek. There is
-  deliberately no secondary index on time: measured on 1.86M polls it doubled the ingest time.
-- `poll_blocks` holds the same polls again, one row per store and week with the polls packed as int64s,
-  rewritten in the transaction that writes them: a report reads ~28k rows instead of 1.6M.
+Callers use the functions here; each one hands the work to the backend of the database it is given, a
+location (SM_DATABASE: a SQLite path, or a postgresql:// URL) or a connection from `connect` (see
+storage/__init__.py for the interface, storage/sqlite.py and storage/postgresql.py for the two backends).
+Validation, CSV reading and load summaries are the same for every backend (ingestion.py).
+
+    python database.py                       # load the data directory's CSVs (store_status.csv, ...)
+    python database.py load --status F ...   # load chosen files, all in one transaction
+    python database.py init                  # create the schema
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import re
-import sqlite3
 import sys
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
-from tqdm import tqdm
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS stores (
-    store_key INTEGER PRIMARY KEY,
-    store_id  TEXT NOT NULL UNIQUE
-);
-CREATE TABLE IF NOT EXISTS store_status (
-    store_key    INTEGER NOT NULL REFERENCES stores(store_key),
-    timestamp_us INTEGER NOT NULL,               -- UTC, microseconds since the Unix epoch
-    active       INTEGER NOT NULL CHECK (active IN (0, 1)),
-    PRIMARY KEY (store_key, timestamp_us)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS poll_blocks (
-    store_key    INTEGER NOT NULL REFERENCES stores(store_key),
-    block        INTEGER NOT NULL,               -- floor(timestamp_us / BLOCK_US): 7-day blocks since the epoch
-    polls        BLOB NOT NULL,                  -- the block's polls: int64 little-endian, timestamp_us * 2 + active
-    PRIMARY KEY (store_key, block)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS business_hours (
-    store_id         TEXT NOT NULL,
-    day_of_week      INTEGER NOT NULL CHECK (day_of_week BETWEEN 0 AND 6),
-    start_time_local TEXT NOT NULL,              -- 'HH:MM:SS' or 'HH:MM:SS.ffffff', local wall clock
-    end_time_local   TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS business_hours_by_store ON business_hours (store_id);
-CREATE TABLE IF NOT EXISTS timezones (
-    store_id     TEXT PRIMARY KEY,
-    timezone_str TEXT
-);
-CREATE TABLE IF NOT EXISTS special_hours (      -- optional: a date's hours replace its weekday's
-    store_id         TEXT NOT NULL,
-    date             TEXT NOT NULL,              -- local calendar date 'YYYY-MM-DD'
-    start_time_local TEXT,                       -- 'HH:MM:SS[.f]'; both NULL: closed that date
-    end_time_local   TEXT,
-    CHECK ((start_time_local IS NULL) = (end_time_local IS NULL))
-);
-CREATE INDEX IF NOT EXISTS special_hours_by_store ON special_hours (store_id, date);
-CREATE TABLE IF NOT EXISTS reports (
-    report_id   TEXT PRIMARY KEY,
-    status      TEXT NOT NULL CHECK (status IN ('Queued', 'Running', 'Complete', 'Failed')),
-    created_at  TEXT NOT NULL,
-    started_at  TEXT,
-    finished_at TEXT,
-    params      TEXT NOT NULL DEFAULT '{}',      -- JSON: as_of, store_ids, columns as requested
-    as_of       TEXT,                            -- the report's `now`, ISO 8601 UTC, once known
-    rows        INTEGER,
-    seconds     REAL,
-    timings     TEXT,                            -- JSON: seconds spent in load / compute / write
-    meta        TEXT,                            -- JSON: store counts, defaulted/unknown timezones
-    progress    REAL NOT NULL DEFAULT 0,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    error       TEXT,
-    file        TEXT,                            -- file name inside the reports directory
-    owner       TEXT,                            -- the worker pool (host:pid:token) that claimed it last
-    lease_until REAL                             -- Unix seconds; a Running job past it is taken over
-);
-CREATE INDEX IF NOT EXISTS reports_by_status ON reports (status);
-CREATE TABLE IF NOT EXISTS report_durations (   -- one row per completed report, kept when the report is
-    finished_at TEXT NOT NULL,                   -- deleted: /metrics' report-seconds histogram only grows
-    seconds     REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS loads (              -- one row per table of each load, written in its transaction
-    load_id     INTEGER PRIMARY KEY,
-    finished_at TEXT NOT NULL,                   -- ISO 8601 UTC
-    table_name  TEXT NOT NULL,
-    summary     TEXT NOT NULL                    -- JSON: TableSummary.to_dict()
-);
-CREATE TABLE IF NOT EXISTS report_attempts (    -- one row per claim of a job: who ran it, how it ended
-    report_id  TEXT NOT NULL,
-    attempt    INTEGER NOT NULL,                -- reports.attempts after the claim
-    owner      TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    ended_at   TEXT,
-    outcome    TEXT,                            -- Complete, Failed, or 'lease expired' (its process died)
-    PRIMARY KEY (report_id, attempt)
-) WITHOUT ROWID;
-"""
-
-BUSY_TIMEOUT_MS = 30_000
-BLOCK_US = 7 * 86_400_000_000  # polls are also kept in blocks of a week per store (see _rebuild_poll_blocks)
-REBUILD_CHUNK = 4096           # (store, block) rows rewritten per statement
-
-
-def connect(path: str | Path) -> sqlite3.Connection:
-    """A connection for one thread: WAL (readers never block the writer), a busy timeout, the schema.
-
-    Autocommit mode (isolation_level=None): callers open transactions explicitly with `transaction()`,
-    so a load is one transaction and a failed load leaves the database as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    conn.executescript(SCHEMA)
-    _add_missing_columns(conn)
-    _fill_poll_blocks(conn)
-    return conn
-
-
-def _add_missing_columns(conn: sqlite3.Connection) -> None:
-    """Columns added to the schema after a database was created (CREATE IF NOT EXISTS leaves it as is)."""
-    added = {"meta": "TEXT", "owner": "TEXT", "lease_until": "REAL"}
-
-    def missing() -> list[str]:
-        report_columns = {row["name"] for row in conn.execute("PRAGMA table_info(reports)")}
-        return [name for name in added if name not in report_columns]
-
-    if missing():
-        with transaction(conn):  # several processes may open an old database at once: one migrates
-            for name in missing():
-                conn.execute(f"ALTER TABLE reports ADD COLUMN {name} {added[name]}")
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (then re-raised)."""
-    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-    try:
-        yield conn
-    except BaseException:
-        if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# --- report jobs ------------------------------------------------------------------------------------
-
-def create_report_job(conn: sqlite3.Connection, report_id: str, params: dict) -> None:
-    conn.execute(
-        "INSERT INTO reports (report_id, status, created_at, params) VALUES (?, 'Queued', ?, ?)",
-        (report_id, utc_now_iso(), json.dumps(params, sort_keys=True)),
-    )
-
-
-def get_report_job(conn: sqlite3.Connection, report_id: str) -> dict | None:
-    row = conn.execute("SELECT * FROM reports WHERE report_id = ?", (report_id,)).fetchone()
-    return None if row is None else _job_from_row(row)
-
-
-def _job_from_row(row: sqlite3.Row) -> dict:
-    job = dict(row)
-    job["params"] = json.loads(job["params"])
-    job["timings"] = json.loads(job["timings"]) if job["timings"] else None
-    job["meta"] = json.loads(job["meta"]) if job["meta"] else None
-    return job
-
-
-def mark_report_running(conn: sqlite3.Connection, report_id: str) -> None:
-    """Running without an owner or a lease (tests; a job left like this is taken over like a dead one)."""
-    conn.execute(
-        "UPDATE reports SET status = 'Running', started_at = ?, progress = 0, attempts = attempts + 1 "
-        "WHERE report_id = ?",
-        (utc_now_iso(), report_id),
-    )
-
-
-# A job waits for a worker while it is Queued, or Running under a lease that ran out: the process that
-# claimed it died (or stopped renewing). Leases are Unix seconds of the machine's clock; a Running job
-# without a lease (left by a version before leases) counts as run out. `:now` is bound by the caller.
-_WAITING = "(status = 'Queued' OR (status = 'Running' AND (lease_until IS NULL OR lease_until < :now)))"
-_OWNED = "owner = :owner AND status = 'Running'"
-
-
-def claim_report_job(conn: sqlite3.Connection, owner: str, lease_seconds: float, *, max_attempts: int,
-                     exhausted_error: str) -> dict | None:
-    """Take the oldest waiting job for `owner`, atomically across threads and processes, or None.
-
-    The claim sets the job Running under a lease of `lease_seconds` and counts the attempt; a job taken
-    over from a dead process whose attempts already reached `max_attempts` is marked Failed with
-    `exhausted_error` instead. A job whose lease is live is never taken. Each claim is also recorded in
-    `report_attempts`, and the attempt it took over is closed there as 'lease expired'.
-    """
-    # A read first (WAL: no lock), so idle workers polling the table do not queue for the write lock.
-    if conn.execute(f"SELECT 1 FROM reports WHERE {_WAITING} LIMIT 1", {"now": time.time()}).fetchone() is None:
-        return None
-    with transaction(conn):  # BEGIN IMMEDIATE: one claimer at a time; `now` is read once the lock is held
-        now, stamp = time.time(), utc_now_iso()
-        exhausted = conn.execute(
-            "UPDATE reports SET status = 'Failed', finished_at = :stamp, error = :error, lease_until = NULL "
-            f"WHERE status = 'Running' AND {_WAITING} AND attempts >= :max RETURNING report_id",
-            {"stamp": stamp, "error": exhausted_error, "now": now, "max": max_attempts}).fetchall()
-        for row in exhausted:
-            _end_attempt(conn, row["report_id"], "lease expired", stamp)
-        rows = conn.execute(
-            "UPDATE reports SET status = 'Running', owner = :owner, lease_until = :lease, started_at = :stamp, "
-            "progress = 0, attempts = attempts + 1 "
-            f"WHERE report_id = (SELECT report_id FROM reports WHERE {_WAITING} ORDER BY created_at, rowid LIMIT 1) "
-            "RETURNING *",
-            {"owner": owner, "lease": now + lease_seconds, "stamp": stamp, "now": now}).fetchall()
-        if not rows:
-            return None
-        job = _job_from_row(rows[0])
-        _end_attempt(conn, job["report_id"], "lease expired", stamp)  # the attempt of a dead process, if any
-        conn.execute("INSERT INTO report_attempts (report_id, attempt, owner, started_at) VALUES (?, ?, ?, ?)",
-                     (job["report_id"], job["attempts"], owner, stamp))
-    return job
-
-
-def renew_report_leases(conn: sqlite3.Connection, owner: str, report_ids, lease_seconds: float) -> int:
-    """Extend the leases of `owner`'s Running jobs among `report_ids`; returns how many it still holds."""
-    ids = list(report_ids)
-    if not ids:
-        return 0
-    marks = ", ".join("?" * len(ids))
-    cursor = conn.execute(
-        f"UPDATE reports SET lease_until = ? WHERE owner = ? AND status = 'Running' AND report_id IN ({marks})",
-        (time.time() + lease_seconds, owner, *ids))
-    return cursor.rowcount
-
-
-def count_queued_report_jobs(conn: sqlite3.Connection) -> int:
-    """Jobs waiting for their first run, in every process on this database (the queue's depth)."""
-    return conn.execute("SELECT COUNT(*) FROM reports WHERE status = 'Queued'").fetchone()[0]
-
-
-def set_report_progress(conn: sqlite3.Connection, report_id: str, progress: float, owner: str | None = None) -> None:
-    """Record progress; with `owner`, only while that owner holds the job."""
-    conn.execute(f"UPDATE reports SET progress = :progress WHERE report_id = :id{_owned_by(owner)}",
-                 {"progress": float(progress), "id": report_id, "owner": owner})
-
-
-def mark_report_complete(conn: sqlite3.Connection, report_id: str, *, file: str, rows: int, as_of: str,
-                         seconds: float, timings: dict | None = None, meta: dict | None = None,
-                         owner: str | None = None) -> bool:
-    """Complete the job; with `owner`, only if that owner still holds it. Returns whether it did."""
-    stamp = utc_now_iso()
-    with _write(conn):
-        done = conn.execute(
-            "UPDATE reports SET status = 'Complete', finished_at = :stamp, progress = 1, file = :file, "
-            "rows = :rows, as_of = :as_of, seconds = :seconds, timings = :timings, meta = :meta, error = NULL, "
-            f"lease_until = NULL WHERE report_id = :id{_owned_by(owner)}",
-            {"stamp": stamp, "file": file, "rows": rows, "as_of": as_of, "seconds": seconds,
-             "timings": json.dumps(timings or {}), "meta": json.dumps(meta or {}), "id": report_id,
-             "owner": owner}).rowcount == 1
-        if done:
-            _end_attempt(conn, report_id, "Complete", stamp)
-            conn.execute("INSERT INTO report_durations (finished_at, seconds) VALUES (?, ?)", (stamp, seconds))
-    return done
-
-
-def mark_report_failed(conn: sqlite3.Connection, report_id: str, error: str, owner: str | None = None) -> bool:
-    """Fail the job; with `owner`, only if that owner still holds it. Returns whether it did."""
-    stamp = utc_now_iso()
-    with _write(conn):
-        done = conn.execute(
-            "UPDATE reports SET status = 'Failed', finished_at = :stamp, error = :error, lease_until = NULL "
-            f"WHERE report_id = :id{_owned_by(owner)}",
-            {"stamp": stamp, "error": error, "id": report_id, "owner": owner}).rowcount == 1
-        if done:
-            _end_attempt(conn, report_id, "Failed", stamp)
-    return done
-
-
-def _owned_by(owner: str | None) -> str:
-    return "" if owner is None else f" AND {_OWNED}"
-
-
-def _end_attempt(conn: sqlite3.Connection, report_id: str, outcome: str, stamp: str) -> None:
-    conn.execute("UPDATE report_attempts SET ended_at = ?, outcome = ? WHERE report_id = ? AND ended_at IS NULL",
-                 (stamp, outcome, report_id))
-
-
-def report_attempts(conn: sqlite3.Connection, report_id: str | None = None) -> list[dict]:
-    """The claims of one job (or of all), in order: attempt, owner, started_at, ended_at, outcome."""
-    where, args = ("WHERE report_id = ?", (report_id,)) if report_id else ("", ())
-    return [dict(row) for row in conn.execute(
-        f"SELECT * FROM report_attempts {where} ORDER BY report_id, attempt", args)]
-
-
-def inspect_report_jobs(database_path: str | Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
-    """A live service's job table as stored, for watching it from outside (the soak run, the process
-    tests): every job row by id, and every job's attempts in order. A plain read-only connection: it
-    neither creates nor migrates anything in the database it looks at."""
-    conn = sqlite3.connect(database_path, timeout=BUSY_TIMEOUT_MS / 1000)
-    conn.row_factory = sqlite3.Row
-    try:
-        jobs = {row["report_id"]: dict(row) for row in conn.execute("SELECT * FROM reports")}
-        attempts: dict[str, list[dict]] = {}
-        for attempt in report_attempts(conn):
-            attempts.setdefault(attempt["report_id"], []).append(attempt)
-    finally:
-        conn.close()
-    return jobs, attempts
-
-
-def waiting_report_jobs(conn: sqlite3.Connection) -> list[dict]:
-    """Jobs waiting for a worker now (Queued, or Running under a lease that ran out), oldest first."""
-    rows = conn.execute(f"SELECT * FROM reports WHERE {_WAITING} ORDER BY created_at, rowid",
-                        {"now": time.time()}).fetchall()
-    return [_job_from_row(row) for row in rows]
-
-
-def list_report_jobs(conn: sqlite3.Connection, *, limit: int, offset: int = 0) -> tuple[list[dict], int]:
-    """A page of jobs, newest first, and how many there are in all."""
-    total = conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0]
-    rows = conn.execute("SELECT * FROM reports ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
-                        (limit, offset)).fetchall()
-    return [_job_from_row(row) for row in rows], total
-
-
-def delete_report_job(conn: sqlite3.Connection, report_id: str) -> dict | None:
-    """Remove a job and its attempts; returns the job as it was (None if there was none). A run still
-    going on loses its job: it cannot record an end, so its result is discarded like a lost lease's."""
-    with transaction(conn):
-        row = conn.execute("DELETE FROM reports WHERE report_id = ? RETURNING *", (report_id,)).fetchone()
-        conn.execute("DELETE FROM report_attempts WHERE report_id = ?", (report_id,))
-    return None if row is None else _job_from_row(row)
-
-
-def finished_report_jobs_before(conn: sqlite3.Connection, finished_before: str) -> list[str]:
-    """Ids of the Complete or Failed jobs that finished before the ISO 8601 UTC instant given."""
-    return [row[0] for row in conn.execute(
-        "SELECT report_id FROM reports WHERE status IN ('Complete', 'Failed') AND finished_at < ?",
-        (finished_before,))]
-
-
-def live_report_attempts(conn: sqlite3.Connection) -> set[tuple[str, int]]:
-    """(report_id, attempt) of the jobs Running under a live lease: their attempt files are in use."""
-    return {(row[0], row[1]) for row in conn.execute(
-        "SELECT report_id, attempts FROM reports WHERE status = 'Running' AND lease_until >= ?", (time.time(),))}
-
-
-# --- ingestion --------------------------------------------------------------------------------------
-#
-# CSV -> validated, typed rows -> one transaction. Every table is read with all columns as text (store ids
-# are opaque and never parsed as numbers), validated with vectorised string operations, and each row that
-# cannot be read gets exactly one reject reason (the first that applies, in the order of the checks).
-
-TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "store_status": ("store_id", "status", "timestamp_utc"),
-    "business_hours": ("store_id", "day_of_week", "start_time_local", "end_time_local"),
-    "timezones": ("store_id", "timezone_str"),
-    "special_hours": ("store_id", "date", "start_time_local", "end_time_local"),
-}
-# Header names seen in the wild (compared case-insensitively, surrounding spaces ignored).
-COLUMN_ALIASES = {"day": "day_of_week", "dayofweek": "day_of_week", "day_of_week": "day_of_week"}
-
-EMPTY_STORE_ID = "empty store_id"
-UNSAFE_STORE_ID = "unsafe store_id"
-MISSING_VALUE = "missing value"
-UNKNOWN_STATUS = "unknown status"
-UNPARSABLE_TIMESTAMP = "unparsable timestamp"
-IMPOSSIBLE_TIMESTAMP = "impossible timestamp"
-BAD_DAY = "day outside 0..6"
-BAD_TIME = "time outside 00:00:00..23:59:59"
-WRONG_FIELD_COUNT = "wrong number of fields"
-BAD_DATE = "bad date"
-ONE_TIME_EMPTY = "one time empty"
-
-# `2023-01-22 12:09:39.388884 UTC` (fraction of 0-6 digits) or ISO 8601 with `T`, `Z` or an offset;
-# no zone at all means UTC (the column is `timestamp_utc`).
-TIMESTAMP_RE = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?: ?UTC|Z|[+-]\d{2}(?::?\d{2})?)?$"
-# `HH:MM:SS` with an optional fraction; `H:MM` and `HH:MM` are read as `HH:MM:00`.
-TIME_RE = r"^(?P<h>\d{1,2}):(?P<m>\d{2})(?::(?P<s>\d{2})(?P<f>\.\d{1,6})?)?$"
-DATE_RE = r"(?!0000)\d{4}-\d{2}-\d{2}"   # special_hours.date, a local calendar date; also checked to exist
-# A store id is opaque text, but it ends up in CSV files, logs and spreadsheets: at most MAX_STORE_ID
-# characters, no control characters (a CR split a JSON id into a phantom store; a NUL cannot be selected
-# again), and no first character a spreadsheet reads as a formula (=, +, -, @). One exception: a minus
-# followed by digits only, a negative integer id as the real data's signed 64-bit ids allow; a
-# spreadsheet reads it as a number, never as a formula (and report CSVs still quote it as text).
-MAX_STORE_ID = 255
-UNSAFE_STORE_ID_RE = r"[=+@]|-(?![0-9]+\Z)|.*[\x00-\x1f\x7f]"
-EXAMPLE_VALUE_CHARS = 80      # a reject's example shows at most this much of each value
-
-DEMO_STORES = 300             # size of the generated data set loaded on first start without data/*.csv
-BULK_CACHE_KIB = 256 * 1024   # page cache while loading (PRAGMA cache_size, KiB)
-
-# Polls are written as one JSON array per store: each element is timestamp_us * 2 + active, so SQLite
-# unpacks the rows in C instead of Python binding 1.85M parameter tuples (measured 4.1 s -> 2.2 s including
-# the JSON encoding). `_StatusLoad` inserts only polls it knows are not stored (DO NOTHING is a safety
-# net) and runs STATUS_MAKE_INACTIVE only for stored active polls an inactive row overrides.
-STATUS_INSERT = (
-    "INSERT INTO store_status (store_key, timestamp_us, active) "
-    "SELECT ?1, value >> 1, value & 1 FROM json_each(?2) WHERE true "
-    "ON CONFLICT (store_key, timestamp_us) DO NOTHING"
-)
-STATUS_MAKE_INACTIVE = (
-    "UPDATE store_status SET active = 0 "
-    "WHERE store_key = ?1 AND active = 1 AND timestamp_us IN (SELECT value >> 1 FROM json_each(?2))"
-)
-# A status CSV is loaded in chunks of this many rows, so memory no longer grows with the file (measured
-# peak RSS, whole file at once -> chunks: 1.85M rows 896 -> 580 MB, 21M rows 8.5 GB -> 1.0 GB, the rest
-# being mostly SQLite's BULK_CACHE_KIB page cache). 500k rows took 450 MB / 810 MB but 30% longer on the
-# 21M-row file (each chunk of a file in random order writes across every store's pages); 1M was as fast
-# as the whole-file load at both sizes. STATUS_BLOCK_BYTES is the CSV reader's block.
-STATUS_CHUNK_ROWS = 1_000_000
-STATUS_BLOCK_BYTES = 1 << 22
-STATUS_REASONS = (WRONG_FIELD_COUNT, EMPTY_STORE_ID, UNSAFE_STORE_ID, MISSING_VALUE, UNKNOWN_STATUS,
-                  UNPARSABLE_TIMESTAMP, IMPOSSIBLE_TIMESTAMP)
-
-
-class LoadError(Exception):
-    """A load that cannot start: missing file, missing column, unreadable CSV. Nothing was written."""
-
-
-@dataclass
-class TableSummary:
-    """What one load did with one table's rows. Every row read lands in exactly one category:
-
-    read = new + already_stored + changed + conflicting + duplicates + rejected (`categories_total`).
-
-    - new: a row the database did not have (store_status: a poll at a new instant).
-    - already_stored: identical to a row stored before this load; nothing changes.
-    - changed: store_status: a stored `active` poll this row made `inactive` (inactive wins);
-      timezones: a store whose stored zone this row replaced. Always 0 for the hours tables.
-    - conflicting: store_status only: an `active` row at an instant that is `inactive`, stored before
-      this load or in the file; inactive wins, so the row changes nothing.
-    - duplicates: a repeat of an earlier row of the same file (same store, instant and status; for
-      timezones, a store listed again: its last row counts; for the hours tables, the same row again).
-    - rejected: by reason, with one example each.
-    `removed` is not a category of rows read: the stored rows the file replaced and does not have
-    itself (business_hours: of its stores; special_hours: of its (store, date) pairs).
-    `loaded` (kept for older clients) is read - rejected - duplicates: the rows accepted, new or not.
-    """
-    table: str                       # 'store_status' | 'business_hours' | 'timezones' | 'special_hours'
-    source: str                      # path or '<request>'
-    read: int                        # data rows read
-    rejected: dict[str, int] = field(default_factory=dict)   # reason -> count
-    examples: dict[str, str] = field(default_factory=dict)   # reason -> one example row, with its line
-    duplicates: int = 0
-    seconds: float = 0.0             # time spent validating and writing
-    new: int = 0
-    already_stored: int = 0
-    changed: int = 0
-    conflicting: int = 0
-    removed: int = 0
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-    @property
-    def loaded(self) -> int:
-        return self.read - self.rejected_total - self.duplicates
-
-    @property
-    def categories_total(self) -> int:
-        return (self.new + self.already_stored + self.changed + self.conflicting + self.duplicates
-                + self.rejected_total)
-
-    def to_dict(self) -> dict:
-        return {"table": self.table, "source": self.source, "read": self.read, "new": self.new,
-                "already_stored": self.already_stored, "changed": self.changed,
-                "conflicting": self.conflicting, "duplicates": self.duplicates,
-                "rejected": dict(self.rejected), "examples": dict(self.examples), "removed": self.removed,
-                "loaded": self.loaded, "seconds": round(self.seconds, 3)}
-
-    def format(self) -> str:
-        labels = SUMMARY_LABELS.get(self.table, SUMMARY_LABELS["store_status"])
-        counts = ", ".join(f"{label} {getattr(self, name):,}" for name, label in labels)
-        text = f"{self.table} ({self.source}): read {self.read:,}: {counts}, rejected {self.rejected_total:,}"
-        if self.table in REPLACED_BY_FILE:
-            text += f"; removed {self.removed:,} stored rows {REPLACED_BY_FILE[self.table]}"
-        lines = [f"{text} [{self.seconds:.1f} s]"]
-        if self.conflicting:
-            lines.append("  conflicting: active where the same instant is inactive (stored or in the file); "
-                         "inactive kept")
-        for reason, count in sorted(self.rejected.items(), key=lambda item: (-item[1], item[0])):
-            lines.append(f"  rejected {count:,} x {reason}, e.g. {self.examples.get(reason, '?')}")
-        return "\n".join(lines)
-
-
-# The categories each table's summary text names (all of them are always in to_dict; the others are 0).
-SUMMARY_LABELS = {
-    "store_status": (("new", "new"), ("already_stored", "already stored"), ("changed", "changed to inactive"),
-                     ("conflicting", "conflicting"), ("duplicates", "duplicates")),
-    "business_hours": (("new", "new"), ("already_stored", "already stored"), ("duplicates", "duplicates")),
-    "special_hours": (("new", "new"), ("already_stored", "already stored"), ("duplicates", "duplicates")),
-    "timezones": (("new", "new"), ("already_stored", "already stored"), ("changed", "changed"),
-                  ("duplicates", "duplicates (store listed again, last row counts)")),
-}
-REPLACED_BY_FILE = {"business_hours": "the file replaced (its stores' schedules)",
-                    "special_hours": "the file replaced (its stores' dates)"}
-
-
-def _source_name(source) -> str:
-    if isinstance(source, (str, Path)):
-        return str(source)
-    return str(getattr(source, "name", None) or "<request>")
-
-
-def _canonical_column(name) -> str:
-    """The column a header names: BOM and spaces dropped, case folded, day-column aliases resolved."""
-    key = str(name).replace("\ufeff", "").strip().lower()
-    return COLUMN_ALIASES.get(key, key)
-
-
-def _normalise_header(names: list[str], table: str) -> list[str]:
-    wanted = TABLE_COLUMNS[table]
-    out = []
-    for i, name in enumerate(names):
-        key = _canonical_column(name)
-        out.append(key if key in wanted and key not in out else f"_extra_{i}")
-    return out
-
-
-def read_table_csv(source, table: str, name: str | None = None) -> pd.DataFrame:
-    """Read one table's CSV (path, or binary/text file-like) into a DataFrame of str columns.
-
-    Only the table's columns are kept, under their canonical names (`day`/`dayOfWeek` -> `day_of_week`).
-    Handles a UTF-8 BOM, CRLF, quoting, a missing final newline. Rows with the wrong number of fields are
-    skipped and counted (reported by the ingest functions as 'wrong number of fields'); everything else
-    is validated by `ingest_*`. Raises LoadError for a missing/unreadable file or a missing column.
-    `name`: what messages and the summary call the source instead of its path (e.g. '<request>').
-    """
-    name, data, names = _open_source(source, table, name)
-    return _read_whole_csv(name, data, names, table)
-
-
-def _open_source(source, table: str, name: str | None = None) -> tuple[str, object, list[str]]:
-    """(name, path or BytesIO, normalised column names) after the header checks; LoadError otherwise."""
-    if table not in TABLE_COLUMNS:
-        raise ValueError(f"unknown table {table!r}; expected one of {', '.join(TABLE_COLUMNS)}")
-    name = name or _source_name(source)
-    try:
-        if isinstance(source, (str, Path)):
-            with open(source, "rb") as handle:
-                header = handle.readline()
-            data = source
-        else:
-            raw = source.read()
-            data = io.BytesIO(raw.encode("utf-8") if isinstance(raw, str) else bytes(raw))
-            header = data.readline()
-            data.seek(0)
-    except FileNotFoundError:
-        raise LoadError(f"{name}: file not found") from None
-    except OSError as exc:
-        raise LoadError(f"{name}: cannot read the file ({exc.strerror or exc})") from None
-    try:
-        header_text = header.decode("utf-8-sig").strip("\r\n")
-    except UnicodeDecodeError:
-        raise LoadError(f"{name}: not a UTF-8 CSV file") from None
-    if not header_text.strip():
-        raise LoadError(f"{name}: empty file, expected a header row with "
-                        f"{', '.join(TABLE_COLUMNS[table])}")
-    try:
-        raw_names = next(csv.reader([header_text]))
-    except csv.Error as exc:  # e.g. a lone carriage return inside the header line
-        raise LoadError(f"{name}: unreadable header line ({exc})") from None
-    names = _normalise_header(raw_names, table)
-    missing = [column for column in TABLE_COLUMNS[table] if column not in names]
-    if missing:
-        found = ", ".join(n.strip() for n in raw_names) or "nothing"
-        raise LoadError(f"{name}: missing column {', '.join(missing)} for {table} (header has: {found})")
-    return name, data, names
-
-
-def _csv_options(names: list[str], table: str, on_invalid, use_threads: bool, **read) -> dict:
-    return dict(
-        read_options=pa_csv.ReadOptions(skip_rows=1, column_names=names, use_threads=use_threads, **read),
-        parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid),
-        convert_options=pa_csv.ConvertOptions(
-            column_types={column: pa.string() for column in names}, include_columns=list(TABLE_COLUMNS[table]),
-            strings_can_be_null=False, quoted_strings_can_be_null=False))
-
-
-def _unreadable(name: str, exc: Exception) -> LoadError:
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return LoadError(f"{name}: unreadable CSV ({message})")
-
-
-def _read_whole_csv(name: str, data, names: list[str], table: str) -> pd.DataFrame:
-    def read(use_threads: bool) -> tuple[pa.Table, list]:
-        invalid: list = []
-
-        def on_invalid(row) -> str:
-            invalid.append((row.number, row.text))
-            return "skip"
-
-        if hasattr(data, "seek"):
-            data.seek(0)
-        table_ = pa_csv.read_csv(str(data) if isinstance(data, Path) else data,
-                                 **_csv_options(names, table, on_invalid, use_threads))
-        return table_, invalid
-
-    try:
-        arrow, invalid = read(use_threads=True)
-        if invalid and any(number is None for number, _ in invalid):
-            arrow, invalid = read(use_threads=False)   # rare: re-read for the line numbers of bad rows
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise _unreadable(name, exc) from None
-    frame = arrow.to_pandas()
-    # Line numbers of the kept rows (header is line 1; blank lines are not counted).
-    skipped = sorted(number for number, _ in invalid if number is not None)
-    frame.attrs.update(source=name, from_csv=True, skipped_lines=skipped, wrong_field_examples=[
-        f"line {number}: {text}" if number is not None else text for number, text in invalid[:1]])
-    frame.attrs["wrong_field_count"] = len(invalid)
-    return frame
-
-
-def _line_number(frame: pd.DataFrame, position: int) -> int:
-    """Line number in the CSV (header = line 1; blank lines are not counted, as by the CSV reader) of the
-    kept row at `position`, or its 1-based row number for frames that did not come from a CSV."""
-    if not frame.attrs.get("from_csv"):
-        return position + 1
-    # A chunk of a streamed file: kept rows before it, plus skipped lines before it no longer listed.
-    line = position + 2 + int(frame.attrs.get("line_offset") or 0)
-    for skipped in frame.attrs.get("skipped_lines") or ():   # sorted lines of rows dropped while reading
-        if skipped > line:
-            break
-        line += 1
-    return line
-
-
-def _as_text(series: pd.Series) -> pd.Series:
-    """A column as str with missing values as '' (JSON bodies may bring None or numbers)."""
-    if series.dtype != "str" or series.isna().any():
-        series = series.astype(object).where(series.notna(), "").astype(str)
-    return series
-
-
-class _Rejects:
-    """Per-row reject reasons; the first reason that applies to a row is the one counted."""
-
-    def __init__(self, frame: pd.DataFrame, columns: tuple[str, ...]):
-        self.frame, self.columns = frame, columns
-        self.code = np.zeros(len(frame), dtype=np.int8)
-        self.reasons: list[str] = []
-
-    def add(self, reason: str, mask) -> None:
-        mask = np.asarray(mask, dtype=bool) & (self.code == 0)
-        self.reasons.append(reason)
-        self.code[mask] = len(self.reasons)
-
-    def add_store_ids(self, store_id: pd.Series) -> None:
-        """The store-id checks every table shares: empty, then unsafe (see UNSAFE_STORE_ID_RE)."""
-        self.add(EMPTY_STORE_ID, (store_id == "").to_numpy())
-        unsafe = store_id.str.match(UNSAFE_STORE_ID_RE, flags=re.DOTALL) | (store_id.str.len() > MAX_STORE_ID)
-        self.add(UNSAFE_STORE_ID, unsafe.to_numpy(dtype=bool, na_value=True))
-
-    @property
-    def ok(self) -> np.ndarray:
-        return self.code == 0
-
-    def summarise(self, summary: TableSummary) -> None:
-        counts = np.bincount(self.code, minlength=len(self.reasons) + 1)
-        for index, reason in enumerate(self.reasons, start=1):
-            if counts[index]:
-                position = int(np.argmax(self.code == index))
-                line = _line_number(self.frame, position)
-                values = ",".join(_example_value(self.frame[column].iloc[position]) for column in self.columns)
-                where = "line" if self.frame.attrs.get("from_csv") else "row"
-                summary.rejected[reason] = summary.rejected.get(reason, 0) + int(counts[index])
-                summary.examples.setdefault(reason, f"{where} {line}: {values}")
-
-
-def _example_value(value) -> str:
-    """A value as a reject example shows it: control characters escaped, long text cut short."""
-    text = str(value).encode("unicode_escape").decode("ascii") if re.search(r"[\x00-\x1f\x7f]", str(value)) \
-        else str(value)
-    return text if len(text) <= EXAMPLE_VALUE_CHARS else f"{text[:EXAMPLE_VALUE_CHARS]}… ({len(text):,} characters)"
-
-
-def _start_summary(frame: pd.DataFrame, table: str, source: str) -> TableSummary:
-    if source == "<request>" and frame.attrs.get("source"):
-        source = frame.attrs["source"]
-    summary = TableSummary(table=table, source=source, read=len(frame))
-    wrong = int(frame.attrs.get("wrong_field_count") or 0)
-    if wrong:
-        _count_wrong_field_rows(summary, wrong, frame.attrs["wrong_field_examples"][0])
-    return summary
-
-
-def _count_wrong_field_rows(summary: TableSummary, count: int, example: str) -> None:
-    """Rows the CSV reader skipped for their number of fields: read, and rejected with an example."""
-    summary.read += count
-    summary.rejected[WRONG_FIELD_COUNT] = count
-    summary.examples[WRONG_FIELD_COUNT] = example
-
-
-def _check_columns(frame: pd.DataFrame, table: str, source: str) -> pd.DataFrame:
-    renamed = {}
-    for column in frame.columns:
-        key = _canonical_column(column)
-        if key in TABLE_COLUMNS[table] and key != column and key not in frame.columns:
-            renamed[column] = key
-    if renamed:
-        attrs = dict(frame.attrs)
-        frame = frame.rename(columns=renamed)
-        frame.attrs.update(attrs)
-    missing = [column for column in TABLE_COLUMNS[table] if column not in frame.columns]
-    if missing:
-        raise LoadError(f"{source}: missing column {', '.join(missing)} for {table}")
-    return frame
-
-
-@contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[None]:
-    """One transaction, unless the caller already holds one (then its transaction is the unit)."""
-    if conn.in_transaction:
-        yield
-    else:
-        with transaction(conn):
-            yield
-
-
-@contextmanager
-def _bulk_settings(conn: sqlite3.Connection) -> Iterator[None]:
-    """Connection settings for a big load, restored afterwards. Only outside a transaction.
-
-    Foreign-key checks are switched off for the load: every store_key written comes from the `stores`
-    rows inserted or read in the same transaction, so the check could only cost time (about a third).
-    """
-    if conn.in_transaction:
-        yield
-        return
-    old = {pragma: conn.execute(f"PRAGMA {pragma}").fetchone()[0]
-           for pragma in ("foreign_keys", "cache_size", "threads")}
-    conn.execute("PRAGMA foreign_keys = OFF")
-    conn.execute(f"PRAGMA cache_size = -{BULK_CACHE_KIB}")
-    conn.execute("PRAGMA threads = 2")
-    try:
-        yield
-    finally:
-        if not conn.in_transaction:
-            for pragma, value in old.items():
-                conn.execute(f"PRAGMA {pragma} = {int(value)}")
-
-
-def _store_keys(conn: sqlite3.Connection, store_ids: pd.Index) -> np.ndarray:
-    """store_key for each id in `store_ids` (unique), inserting unknown ids into `stores`."""
-    ids = store_ids.tolist()
-    conn.executemany("INSERT OR IGNORE INTO stores (store_id) VALUES (?)", ((i,) for i in ids))
-    cursor = conn.cursor()
-    cursor.row_factory = None
-    if len(ids) <= 500:
-        rows = cursor.execute(
-            f"SELECT store_id, store_key FROM stores WHERE store_id IN ({','.join('?' * len(ids))})", ids
-        ).fetchall() if ids else []
-    else:
-        rows = cursor.execute("SELECT store_id, store_key FROM stores").fetchall()
-    mapping = pd.Series([key for _, key in rows], index=pd.Index([sid for sid, _ in rows], dtype=object),
-                        dtype="int64")
-    keys = mapping.reindex(pd.Index(ids, dtype=object)).to_numpy()
-    return keys.astype(np.int64)
-
-
-def _parse_timestamps(text: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(epoch microseconds, well-formed mask, valid mask) for stripped timestamp text."""
-    well_formed = text.str.match(TIMESTAMP_RE).to_numpy(dtype=bool, na_value=False)
-    cleaned = text.str.replace("UTC", "", regex=False).str.rstrip()
-    cleaned = cleaned.where(well_formed, "")
-    parsed = pd.to_datetime(cleaned, format="ISO8601", utc=True, errors="coerce")
-    valid = parsed.notna().to_numpy() & well_formed
-    micros = parsed.dt.as_unit("us").array.asi8.copy()
-    return micros, well_formed, valid
-
-
-def ingest_store_status(conn: sqlite3.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
-    """Validate polls (raw text columns store_id, status, timestamp_utc) and append them in one transaction.
-
-    A poll already stored for the same store and instant is kept once; if the statuses differ, inactive
-    wins (also between duplicate rows of the frame). Returns the load summary.
-    """
-    started = time.perf_counter()
-    frame = _check_columns(frame, "store_status", source)
-    summary = _start_summary(frame, "store_status", source)
-    with _bulk_settings(conn), _write(conn):
-        load = _StatusLoad(conn, summary)
-        load.add(frame, last=True)
-        load.finish()
-        _record_load(conn, summary, started)
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-def _read_status_chunks(name: str, data, names: list[str]) -> Iterator[pd.DataFrame]:
-    """The status CSV as DataFrames of STATUS_CHUNK_ROWS rows (the last one shorter), read as a stream.
-
-    Each frame carries what `_line_number` and the summary need: `line_offset` (kept rows before it, plus
-    skipped lines no longer listed), `skipped_lines` (lines of wrong-field rows from its start on), and the
-    running `wrong_field_count` / `wrong_field_examples`; for the load, `last_chunk` (no rows follow it)
-    and `bytes` (the CSV text of its rows: the columns read, separators, line ends; for the progress bar).
-    Serial reading (use_threads=False) is what gives
-    the skipped rows their line numbers; it costs nothing measurable here (0.42 s vs 0.48 s at real size).
-    An unreadable part of the file raises LoadError when it is reached.
-    """
-    skipped: list[int] = []
-    state = {"count": 0, "example": None}
-
-    def on_invalid(row) -> str:
-        state["count"] += 1
-        if row.number is not None:
-            skipped.append(row.number)
-        if state["example"] is None or (row.number is not None and row.number < state["example"][0]):
-            state["example"] = (row.number, row.text)
-        return "skip"
-
-    chunk_rows = max(1, int(STATUS_CHUNK_ROWS))
-    try:
-        reader = pa_csv.open_csv(str(data) if isinstance(data, Path) else data,
-                                 **_csv_options(names, "store_status", on_invalid, False,
-                                                block_size=STATUS_BLOCK_BYTES))
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise _unreadable(name, exc) from None
-    kept = pruned = 0             # kept rows emitted so far; skipped lines dropped from `skipped`
-    pending: list[pa.RecordBatch] = []
-    pending_rows = 0
-
-    def emit(table: pa.Table, last: bool) -> pd.DataFrame:
-        text_bytes = sum(pc.sum(pc.binary_length(column)).as_py() or 0 for column in table.columns)
-        frame = table.to_pandas()
-        number, text = state["example"] or (None, "")
-        frame.attrs.update(source=name, from_csv=True, line_offset=kept + pruned, skipped_lines=sorted(skipped),
-                           wrong_field_count=state["count"],
-                           wrong_field_examples=[f"line {number}: {text}" if number is not None else text],
-                           last_chunk=last, bytes=text_bytes + table.num_rows * len(names))
-        return frame
-
-    try:
-        while True:
-            try:
-                batch = reader.read_next_batch()
-            except StopIteration:
-                batch = None
-            except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-                raise _unreadable(name, exc) from None
-            if batch is not None:
-                pending.append(batch)
-                pending_rows += batch.num_rows
-            while pending_rows >= chunk_rows or (batch is None and pending_rows):
-                table = pa.Table.from_batches(pending)
-                size = min(chunk_rows, pending_rows)
-                frame = emit(table.slice(0, size), last=batch is None and pending_rows <= chunk_rows)
-                rest = table.slice(size)
-                pending, pending_rows = rest.to_batches(), rest.num_rows
-                del table, rest
-                yield frame
-                # Skipped lines before this chunk's last row only shift later chunks: fold them into the offset.
-                last = _line_number(frame, size - 1)
-                skipped.sort()
-                done = sum(1 for line in skipped if line < last)
-                del skipped[:done]
-                pruned += done
-                kept += size
-                del frame
-            if batch is None:
-                break
-        if state["count"]:      # wrong-field rows after the last kept row (or a file of nothing else)
-            yield emit(pa.table({column: pa.array([], pa.string()) for column in TABLE_COLUMNS["store_status"]}),
-                       last=True)
-    finally:
-        close = getattr(reader, "close", None)
-        if close is not None:
-            close()
-
-
-def _ingest_status_csv(conn: sqlite3.Connection, name: str, data, names: list[str],
-                       progress: bool | None = None) -> TableSummary:
-    """Stream a status CSV into the caller's transaction, STATUS_CHUNK_ROWS rows at a time, with a
-    progress bar on a terminal (`_progress_bar`; `progress` True/False forces it on/off)."""
-    started = time.perf_counter()
-    summary = TableSummary(table="store_status", source=name, read=0)
-    total = _source_bytes(data)
-    load = _StatusLoad(conn, summary, expected_bytes=total)
-    wrong, example = 0, None
-    done = 0
-    with _progress_bar(total, "store_status", progress) as bar:
-        for frame in _read_status_chunks(name, data, names):
-            summary.read += len(frame)
-            load.add(frame, last=frame.attrs["last_chunk"])
-            wrong, example = frame.attrs["wrong_field_count"], frame.attrs["wrong_field_examples"][0]
-            step = max(0, min(int(frame.attrs["bytes"]), total - done))
-            done += step
-            bar.set_postfix_str(f"{summary.read:,} rows, "
-                                f"{summary.read / max(time.perf_counter() - started, 1e-9):,.0f} rows/s",
-                                refresh=False)
-            bar.update(step)
-        bar.set_description_str("store_status: writing the week blocks")   # the rest of the load's time
-        load.finish()
-        bar.update(max(0, total - done))
-    if wrong:
-        _count_wrong_field_rows(summary, wrong, example)
-    # The reasons in the order of the checks, as a one-frame load lists them.
-    order = {reason: i for i, reason in enumerate(STATUS_REASONS)}
-    summary.rejected = dict(sorted(summary.rejected.items(), key=lambda item: order.get(item[0], len(order))))
-    summary.examples = dict(sorted(summary.examples.items(), key=lambda item: order.get(item[0], len(order))))
-    _record_load(conn, summary, started)  # the caller (load_files) holds the transaction
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-def _record_load(conn: sqlite3.Connection, summary: TableSummary, started: float) -> None:
-    """Log what a load of one table said, in the load's own transaction (see `loads`, `metrics_facts`)."""
-    summary.seconds = time.perf_counter() - started
-    conn.execute("INSERT INTO loads (finished_at, table_name, summary) VALUES (?, ?, ?)",
-                 (utc_now_iso(), summary.table, json.dumps(summary.to_dict())))
-
-
-def recent_loads(conn: sqlite3.Connection, limit: int = 10) -> list[dict]:
-    """The latest load summaries, newest first, each with its `finished_at`."""
-    return [{"finished_at": row[0], **json.loads(row[1])} for row in conn.execute(
-        "SELECT finished_at, summary FROM loads ORDER BY load_id DESC LIMIT ?", (limit,))]
-
-
-def metrics_facts(conn: sqlite3.Connection, report_seconds_buckets) -> dict:
-    """What /metrics exposes, in one read: jobs by status, the durations of every report ever completed
-    as cumulative bucket counts (from `report_durations`, which deleting reports leaves alone, so the
-    histogram never goes down), and rows ingested by table and outcome (summed over the load log)."""
-    jobs = dict(conn.execute("SELECT status, COUNT(*) FROM reports GROUP BY status").fetchall())
-    bounds = list(report_seconds_buckets)
-    count, total, *at_most = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(seconds), 0)" + "".join(", COALESCE(SUM(seconds <= ?), 0)" for _ in bounds)
-        + " FROM report_durations", bounds).fetchone()
-    buckets = list(zip(bounds, at_most))
-    rows: dict[tuple[str, str], int] = {}
-    outcomes = ("new", "already_stored", "changed", "conflicting", "duplicates")
-    for table, new, stored, changed, conflicting, duplicates, rejected in conn.execute(f"""
-            SELECT table_name, {', '.join(f"SUM(json_extract(summary, '$.{o}'))" for o in outcomes)},
-                   SUM((SELECT COALESCE(SUM(value), 0) FROM json_each(summary, '$.rejected')))
-            FROM loads GROUP BY table_name"""):
-        for outcome, rows_of_outcome in zip(outcomes + ("rejected",), (new, stored, changed, conflicting,
-                                                                         duplicates, rejected)):
-            rows[(table, outcome)] = int(rows_of_outcome or 0)
-    return {"jobs_by_status": jobs, "report_seconds": {"buckets": buckets, "count": count, "sum": float(total)},
-            "rows_ingested": rows}
-
-
-def _source_bytes(data) -> int:
-    """Size in bytes of a source from `_open_source` (a path or an in-memory buffer); 0 if unknown."""
-    try:
-        if isinstance(data, (str, Path)):
-            return Path(data).stat().st_size
-        return len(data.getbuffer())
-    except (OSError, AttributeError, TypeError):
-        return 0
-
-
-PROGRESS_DELAY_S = 2.0   # a load shows its progress bar only once it has run this long
-PROGRESS_REFRESH_S = 0.5  # and redraws it at most this often
-
-
-def _progress_bar(total_bytes: int, desc: str, enabled: bool | None) -> tqdm:
-    """A progress bar on stderr by bytes of the file (MB done, rate, time left; the caller adds rows).
-
-    enabled=None: only on a terminal (tqdm's `disable=None` tests stderr), so logs, pipes, tests and the
-    benchmark stay quiet; it appears once the load has run PROGRESS_DELAY_S and is cleared at the end.
-    """
-    return tqdm(total=total_bytes, desc=desc, unit="B", unit_scale=True, unit_divisor=1000, file=sys.stderr,
-                disable=None if enabled is None else not enabled, delay=PROGRESS_DELAY_S, leave=False,
-                mininterval=PROGRESS_REFRESH_S, miniters=1, dynamic_ncols=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}B/{total_fmt}B "
-                           "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
-
-
-def _grow(values: np.ndarray, size: int, fill: int) -> np.ndarray:
-    if len(values) >= size:
-        return values
-    return np.concatenate([values, np.full(size - len(values) + 1024, fill, np.int64)])
-
-
-def _unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((b, a))
-    a, b = a[order], b[order]
-    first = np.r_[True, (a[1:] != a[:-1]) | (b[1:] != b[:-1])] if len(a) else np.zeros(0, bool)
-    return a[first], b[first]
-
-
-class _SeenFilter:
-    """A Bloom filter of (store_key, instant) pairs: the groups of a load's earlier chunks.
-
-    No false negatives: a pair it does not hold was certainly not in an earlier chunk. A pair it holds may
-    not have been (under 1 % at the sizes used); that costs one exact look-up, never a wrong count.
-    Blocked: a pair's 3 bits lie in one 64-bit word, so it costs one random memory access (measured per
-    1M pairs into 32 MB: 0.05 s to add, 0.02 s to test; three separate bits with np.bitwise_or.at: 0.33 s).
-    Memory is fixed from the file's size: one bit per 8 bytes, rounded up to a power of two (2 MB for
-    the 100 MB real-size file, 32 MB for the 10x one).
-    """
-
-    STEP = 1 << 18          # pairs hashed at a time: bounds the temporary arrays (a few MB)
-
-    def __init__(self, expected_bytes: int):
-        bits = 1 << max(16, (max(int(expected_bytes), 1) // 8 - 1).bit_length())
-        self.words = np.zeros(bits // 64, np.uint64)
-        self.word_mask = np.uint64(len(self.words) - 1)
-
-    def _hash(self, keys: np.ndarray, micros: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(word index, 3-bit mask) of each pair."""
-        x = np.ascontiguousarray(keys, np.int64).view(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        x ^= np.ascontiguousarray(micros, np.int64).view(np.uint64)
-        x ^= x >> np.uint64(30)                     # splitmix64's finaliser
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-        one, low6 = np.uint64(1), np.uint64(63)
-        mask = (one << (x & low6)) | (one << ((x >> np.uint64(6)) & low6)) | (one << ((x >> np.uint64(12)) & low6))
-        return ((x >> np.uint64(32)) & self.word_mask).astype(np.intp), mask
-
-    def add(self, keys: np.ndarray, micros: np.ndarray) -> None:
-        for at in range(0, len(keys), self.STEP):
-            index, mask = self._hash(keys[at:at + self.STEP], micros[at:at + self.STEP])
-            while len(index):       # pairs sharing a word overwrite each other's bits: set those again
-                self.words[index] |= mask
-                lost = (self.words[index] & mask) != mask
-                index, mask = index[lost], mask[lost]
-
-    def contains(self, keys: np.ndarray, micros: np.ndarray) -> np.ndarray:
-        found = np.empty(len(keys), bool)
-        for at in range(0, len(keys), self.STEP):
-            index, mask = self._hash(keys[at:at + self.STEP], micros[at:at + self.STEP])
-            found[at:at + self.STEP] = (self.words[index] & mask) == mask
-        return found
-
-
-_CATEGORIES = ("new", "already_stored", "changed", "conflicting")
-_NONE, _NO_RECORD = 2, 3          # stored status "no poll"; `load_groups` has no row for the group
-# The TEMP table of one load that remembers groups of earlier chunks (see _StatusLoad).
-LOAD_GROUPS_TABLE = (
-    "CREATE TEMP TABLE IF NOT EXISTS load_groups (store_key INTEGER NOT NULL, timestamp_us INTEGER NOT NULL, "
-    "prior INTEGER NOT NULL, seen INTEGER NOT NULL, PRIMARY KEY (store_key, timestamp_us)) WITHOUT ROWID")
-# For one store (?1) and its instants (?2, a JSON array), one text of per-instant codes: its position in
-# the array * 64 + stored status now (0, 1, 2 = none) + 4 * recorded prior (3 = no record) + 16 * recorded
-# seen. One query per store: measured at real size twice as fast as a TEMP table of the instants joined
-# once, and the position makes the result independent of the order SQLite concatenates in.
-LOAD_LOOKUP = f"""
-    SELECT group_concat(j.key * 64 + coalesce(s.active, {_NONE}) + 4 * coalesce(g.prior, {_NO_RECORD})
-                        + 16 * coalesce(g.seen, 0))
-    FROM json_each(?2) j
-    LEFT JOIN main.store_status s ON s.store_key = ?1 AND s.timestamp_us = j.value
-    LEFT JOIN temp.load_groups g ON g.store_key = ?1 AND g.timestamp_us = j.value"""
-# Each value: timestamp_us * 16 + prior * 4 + seen (bit 1: an active row, bit 2: an inactive row).
-LOAD_RECORD = (
-    "INSERT INTO temp.load_groups (store_key, timestamp_us, prior, seen) "
-    "SELECT ?1, value >> 4, (value >> 2) & 3, value & 3 FROM json_each(?2) WHERE true "
-    "ON CONFLICT (store_key, timestamp_us) DO UPDATE SET seen = excluded.seen"
-)
-
-
-def _categories(prior: np.ndarray, active_seen: np.ndarray, inactive_seen: np.ndarray) -> tuple[int, ...]:
-    """(new, already_stored, changed, conflicting) of groups, each one (store, instant), given the status
-    stored before the load (`prior`: 0, 1, or _NONE) and whether the file had active / inactive rows for it.
-
-    Each status the file brings is one row counted here (further rows with that status are duplicates):
-    the inactive row is new, changed (stored active) or already stored (stored inactive); the active row
-    is conflicting where the instant is inactive (in the file or stored), else new or already stored.
-    """
-    new = (prior == _NONE) & (active_seen | inactive_seen)
-    already = ((prior == 1) & active_seen & ~inactive_seen) | ((prior == 0) & inactive_seen)
-    changed = (prior == 1) & inactive_seen
-    conflicting = active_seen & (inactive_seen | (prior == 0))
-    return tuple(int(np.count_nonzero(mask)) for mask in (new, already, changed, conflicting))
-
-
-class _StatusLoad:
-    """One file's (or frame's) polls, written chunk by chunk into the caller's transaction, with exact counts.
-
-    Each chunk is validated and folded to groups, one per (store, instant): a group the database does not
-    have is inserted (inactive if any of its rows is), a stored active poll is made inactive by an inactive
-    row, anything else is left alone. `poll_blocks` is rewritten once, in `finish()`, for every
-    (store, block) whose polls changed, so it never disagrees with `store_status` when the transaction
-    commits, and a block is not rebuilt once per chunk.
-
-    Counts (see TableSummary) are exact however the file is cut into chunks: a group's categories follow
-    from its status stored before the load (`prior`) and which statuses the file's rows brought, so each
-    chunk adds the difference its rows make. What earlier chunks of this load did is known without keeping
-    the file's polls:
-    - A group outside its store's [first, last] poll stored before the load (the "before span") was not
-      stored before; a group the Bloom filter of earlier chunks' groups (`_SeenFilter`) does not hold was
-      in no earlier chunk. A group that is both needs no look-up: new to the database and to the file.
-      That is every group of a fresh load, but for the filter's rare false positives and real repeats.
-    - Any other group is looked up (LOAD_LOOKUP, per store): its stored status now, and its row in the TEMP
-      table `load_groups`, which holds (prior, statuses seen) for every earlier-chunk group inside the
-      before span and for every group outside it that had both statuses. For other groups outside the
-      span the stored status now tells all: none = not seen, active = only active rows seen, inactive =
-      only inactive rows seen. The last chunk records nothing (nothing follows it).
-    Measured at real size (1.85M polls, two chunks): a fresh load pays about 0.1 s for this (the filter);
-    loading the same file again, where every group lies in the before span, about 0.5 s (look-ups and
-    `load_groups`), partly won back by writing nothing and rebuilding no `poll_blocks` row.
-    """
-
-    def __init__(self, conn: sqlite3.Connection, summary: TableSummary, expected_bytes: int = 0):
-        self.conn, self.summary, self.expected_bytes = conn, summary, expected_bytes
-        self.counts = dict.fromkeys(_CATEGORIES + ("duplicates",), 0)
-        self.stored_before = conn.execute("SELECT 1 FROM store_status LIMIT 1").fetchone() is not None
-        self.span_known = np.empty(0, np.int64)                    # by store_key: before span fetched (1)
-        self.before_lo = self.before_hi = np.empty(0, np.int64)    # by store_key: polls stored before the load
-        self.seen: _SeenFilter | None = None                       # groups of earlier chunks
-        self.temp_tables = False
-        self.touched_keys = self.touched_blocks = np.empty(0, np.int64)
-
-    def add(self, frame: pd.DataFrame, last: bool) -> None:
-        """Validate, count and write one chunk; `last`: no chunk follows it (nothing needs remembering)."""
-        summary = self.summary
-        store_id = _as_text(frame["store_id"]).str.strip()
-        status = _as_text(frame["status"]).str.strip().str.lower()
-        if pd.api.types.is_datetime64_any_dtype(frame["timestamp_utc"]):
-            stamps = frame["timestamp_utc"]
-            stamps = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps.dt.tz_convert("UTC")
-            micros = stamps.dt.as_unit("us").array.asi8.copy()
-            well_formed = valid = stamps.notna().to_numpy()
-            stamp_text = stamps.astype(str)
-        else:
-            stamp_text = _as_text(frame["timestamp_utc"]).str.strip()
-            micros, well_formed, valid = _parse_timestamps(stamp_text)
-
-        rejects = _Rejects(frame, TABLE_COLUMNS["store_status"])
-        rejects.add_store_ids(store_id)
-        rejects.add(MISSING_VALUE, ((status == "") | (stamp_text == "")).to_numpy())
-        active = (status == "active").to_numpy()
-        rejects.add(UNKNOWN_STATUS, ~(active | (status == "inactive").to_numpy()))
-        rejects.add(UNPARSABLE_TIMESTAMP, ~well_formed)
-        rejects.add(IMPOSSIBLE_TIMESTAMP, ~valid)
-        rejects.summarise(summary)
-
-        ok = rejects.ok
-        codes, uniques = pd.factorize(store_id[ok])
-        micros = micros[ok]
-        active = active[ok].astype(np.int64)
-        del store_id, status, stamp_text, rejects
-        if not len(codes):
-            return
-        keys = _store_keys(self.conn, pd.Index(uniques))[codes]
-        # Sort by (store, instant, status): a group's inactive rows come first, its active rows last.
-        order = np.lexsort((active, micros, keys))
-        keys, micros, active = keys[order], micros[order], active[order]
-        del order, codes
-        starts = np.flatnonzero(np.r_[True, (keys[1:] != keys[:-1]) | (micros[1:] != micros[:-1])])
-        ends = np.r_[starts[1:], len(keys)]
-        rows = ends - starts
-        inactive_rows, active_rows = active[starts] == 0, active[ends - 1] == 1
-        keys, micros = keys[starts], micros[starts]      # one per group from here on (memory: free the rest)
-        del active, starts, ends
-        self._add_groups(keys, micros, active_rows, inactive_rows, rows, last)
-
-    def _add_groups(self, keys, micros, active_rows, inactive_rows, rows, last: bool) -> None:
-        n = len(keys)
-        in_before = self._in_before(keys, micros)
-        look = in_before if self.seen is None else in_before | self.seen.contains(keys, micros)
-        prior = np.full(n, _NONE, np.int8)         # stored status before the load
-        now = np.full(n, _NONE, np.int8)           # stored status now (before this chunk)
-        active_seen, inactive_seen = np.zeros(n, bool), np.zeros(n, bool)   # in earlier chunks
-        if look.any():
-            code = self._look_up(keys[look], micros[look])
-            stored, recorded_prior, recorded_seen = code & 3, (code >> 2) & 3, code >> 4
-            recorded, inside = recorded_prior != _NO_RECORD, in_before[look]
-            now[look] = stored
-            prior[look] = np.where(recorded, recorded_prior, np.where(inside, stored, _NONE))
-            active_seen[look] = np.where(recorded, (recorded_seen & 1) != 0, ~inside & (stored == 1))
-            inactive_seen[look] = np.where(recorded, (recorded_seen & 2) != 0, ~inside & (stored == 0))
-        active_after, inactive_after = active_seen | active_rows, inactive_seen | inactive_rows
-        before = _categories(prior, active_seen, inactive_seen)
-        after = _categories(prior, active_after, inactive_after)
-        for name, old, new in zip(_CATEGORIES, before, after):
-            self.counts[name] += new - old
-        self.counts["duplicates"] += int(rows.sum() - np.count_nonzero(active_rows & ~active_seen)
-                                         - np.count_nonzero(inactive_rows & ~inactive_seen))
-
-        insert = now == _NONE
-        make_inactive = (now == 1) & inactive_rows
-        if insert.all():    # a fresh load: no copies of the chunk's keys and instants
-            inserted = _insert_polls(self.conn, STATUS_INSERT, keys, micros, active_rows & ~inactive_rows)
-        elif insert.any():
-            inserted = _insert_polls(self.conn, STATUS_INSERT, keys[insert], micros[insert],
-                                     (active_rows & ~inactive_rows)[insert])
-        if insert.any():
-            if inserted != np.count_nonzero(insert):   # cannot happen: the counts above would be wrong
-                raise RuntimeError(f"store_status load: {np.count_nonzero(insert) - inserted} polls taken "
-                                   "for new were stored already")
-        if make_inactive.any():
-            _insert_polls(self.conn, STATUS_MAKE_INACTIVE, keys[make_inactive], micros[make_inactive],
-                          np.zeros(np.count_nonzero(make_inactive), np.int64))
-        if not last:
-            record = in_before | (active_after & inactive_after)
-            if record.any():
-                self._temp()
-                _per_store(self.conn, LOAD_RECORD, keys[record],
-                           micros[record] * 16 + prior[record] * 4 + active_after[record] + 2 * inactive_after[record])
-            if self.seen is None:
-                self.seen = _SeenFilter(self.expected_bytes)
-            self.seen.add(keys, micros)
-
-        written = insert | make_inactive
-        if written.any():
-            keys, blocks = keys[written], micros[written] // BLOCK_US
-            new_block = np.r_[True, (keys[1:] != keys[:-1]) | (blocks[1:] != blocks[:-1])]
-            self.touched_keys, self.touched_blocks = _unique_pairs(
-                np.concatenate([self.touched_keys, keys[new_block]]),
-                np.concatenate([self.touched_blocks, blocks[new_block]]))
-
-    def _in_before(self, keys: np.ndarray, micros: np.ndarray) -> np.ndarray:
-        """Whether each group (sorted by store) lies inside its store's span of polls stored before the load.
-
-        A store's span is read when the load first meets the store, before any of its polls is written.
-        """
-        if not self.stored_before:
-            return np.zeros(len(keys), bool)
-        size = int(keys[-1]) + 1
-        self.span_known = _grow(self.span_known, size, 0)
-        self.before_lo, self.before_hi = _grow(self.before_lo, size, 1), _grow(self.before_hi, size, 0)
-        store_keys = keys[np.r_[True, keys[1:] != keys[:-1]]]
-        unknown = store_keys[self.span_known[store_keys] == 0]
-        if len(unknown):
-            spans = np.array(self.conn.execute("""
-                SELECT j.value,
-                       coalesce((SELECT min(timestamp_us) FROM store_status p WHERE p.store_key = j.value), 1),
-                       coalesce((SELECT max(timestamp_us) FROM store_status p WHERE p.store_key = j.value), 0)
-                FROM json_each(?) j""", (json.dumps(unknown.tolist()),)).fetchall(), dtype=np.int64).reshape(-1, 3)
-            self.before_lo[spans[:, 0]], self.before_hi[spans[:, 0]] = spans[:, 1], spans[:, 2]
-            self.span_known[unknown] = 1
-        return (micros >= self.before_lo[keys]) & (micros <= self.before_hi[keys])
-
-    def _temp(self) -> None:
-        if not self.temp_tables:
-            self.conn.execute(LOAD_GROUPS_TABLE)
-            self.conn.execute("DELETE FROM temp.load_groups")
-            self.temp_tables = True
-
-    def _look_up(self, keys: np.ndarray, micros: np.ndarray) -> np.ndarray:
-        """LOAD_LOOKUP's code (without the position) for each of these groups (sorted by store)."""
-        self._temp()
-        cursor = self.conn.cursor()
-        cursor.row_factory = None
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-        ends = np.r_[starts[1:], len(keys)]
-        dumps = json.dumps
-        texts = [cursor.execute(LOAD_LOOKUP, (key, dumps(micros[start:end].tolist()))).fetchone()[0]
-                 for key, start, end in zip(keys[starts].tolist(), starts.tolist(), ends.tolist())]
-        values = np.fromstring(",".join(texts), dtype=np.int64, sep=",")
-        code = np.full(len(keys), -1, np.int64)
-        code[np.repeat(starts, ends - starts) + (values >> 6)] = values & 63
-        if (code < 0).any():
-            raise RuntimeError("store_status load: a look-up returned too few rows")
-        return code
-
-    def finish(self) -> None:
-        for name, count in self.counts.items():
-            setattr(self.summary, name, count)
-        if len(self.touched_keys):
-            _rebuild_poll_blocks(self.conn, self.touched_keys, self.touched_blocks)
-        if self.temp_tables:
-            self.conn.execute("DROP TABLE temp.load_groups")
-            self.temp_tables = False
-
-
-def _per_store(conn: sqlite3.Connection, statement: str, keys: np.ndarray, values: np.ndarray) -> int:
-    """Run `statement` once per store (?1) with its values as one JSON array (?2); keys sorted. Returns the
-    number of rows changed."""
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    ends = np.r_[starts[1:], len(keys)].tolist()
-    store_keys = keys[starts].tolist()
-    dumps = json.dumps
-    cursor = conn.executemany(statement, ((key, dumps(values[s:e].tolist())) for key, s, e in
-                                          zip(store_keys, starts.tolist(), ends)))
-    return max(int(cursor.rowcount), 0)
-
-
-def _insert_polls(conn: sqlite3.Connection, statement: str, keys: np.ndarray, micros: np.ndarray,
-                  active: np.ndarray) -> int:
-    """Run `statement` once per store with its polls (timestamp_us * 2 + active) as one JSON array; the
-    number of rows changed."""
-    return _per_store(conn, statement, keys, micros * 2 + active)
-
-
-def _rebuild_poll_blocks(conn: sqlite3.Connection, store_keys: np.ndarray, blocks: np.ndarray) -> None:
-    """Rewrite the `poll_blocks` rows of these (store, block) pairs from `store_status`.
-
-    `poll_blocks` holds the same polls as `store_status`, one row per store and week-long block, so a
-    report reads about 30k rows for a week of 14,000 stores instead of 1.6M: SQLite's cost is per row
-    (0.42 s just to step through the week's 1.6M rows of store_status). It is rewritten in the
-    transaction that writes the polls, so the two tables never disagree.
-    """
-    for chunk in range(0, len(store_keys), REBUILD_CHUNK):  # bounds the memory of a big load
-        _rebuild_poll_block_rows(conn, store_keys[chunk:chunk + REBUILD_CHUNK], blocks[chunk:chunk + REBUILD_CHUNK])
-
-
-def _rebuild_poll_block_rows(conn: sqlite3.Connection, store_keys: np.ndarray, blocks: np.ndarray) -> None:
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS touched_blocks (store_key INTEGER, block INTEGER)")
-    conn.execute("DELETE FROM touched_blocks")
-    conn.executemany("INSERT INTO touched_blocks VALUES (?, ?)", zip(store_keys.tolist(), blocks.tolist()))
-    rows = conn.execute(f"""
-        SELECT t.store_key, t.block,
-               (SELECT group_concat(p.timestamp_us * 2 + p.active) FROM store_status p
-                 WHERE p.store_key = t.store_key
-                   AND p.timestamp_us >= t.block * {BLOCK_US} AND p.timestamp_us < (t.block + 1) * {BLOCK_US})
-        FROM touched_blocks t""").fetchall()
-    conn.execute("DELETE FROM touched_blocks")
-    rows = [row for row in rows if row[2] is not None]
-    texts = [text for _, _, text in rows]
-    counts = np.fromiter((text.count(",") + 1 for text in texts), np.int64, len(texts))
-    values = np.fromstring(",".join(texts), dtype=np.int64, sep=",").astype("<i8") if texts else np.empty(0, "<i8")
-    ends = np.cumsum(counts)
-    conn.executemany("INSERT OR REPLACE INTO poll_blocks (store_key, block, polls) VALUES (?, ?, ?)",
-                     ((key, block, values[end - count:end].tobytes())
-                      for (key, block, _), count, end in zip(rows, counts.tolist(), ends.tolist())))
-
-
-def _fill_poll_blocks(conn: sqlite3.Connection) -> None:
-    """A database written before `poll_blocks` existed: derive it once from all stored polls."""
-    if conn.execute("SELECT 1 FROM poll_blocks LIMIT 1").fetchone() is not None:
-        return
-    if conn.execute("SELECT 1 FROM store_status LIMIT 1").fetchone() is None:
-        return
-    with transaction(conn):
-        pairs = np.array(conn.execute(f"""
-            SELECT DISTINCT store_key,
-                   (timestamp_us - ((timestamp_us % {BLOCK_US}) + {BLOCK_US}) % {BLOCK_US}) / {BLOCK_US}
-            FROM store_status""").fetchall(), dtype=np.int64).reshape(-1, 2)
-        _rebuild_poll_blocks(conn, pairs[:, 0], pairs[:, 1])
-
-
-def ingest_business_hours(conn: sqlite3.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
-    """Validate business hours and replace, in one transaction, the rows of every store with a valid row.
-
-    Times are stored normalised as `HH:MM:SS` plus the fraction as given; exact duplicate rows once.
-    """
-    started = time.perf_counter()
-    frame = _check_columns(frame, "business_hours", source)
-    summary = _start_summary(frame, "business_hours", source)
-    store_id = _as_text(frame["store_id"]).str.strip()
-    day = _as_text(frame["day_of_week"]).str.strip()
-    start = _as_text(frame["start_time_local"]).str.strip()
-    end = _as_text(frame["end_time_local"]).str.strip()
-
-    rejects = _Rejects(frame, TABLE_COLUMNS["business_hours"])
-    rejects.add_store_ids(store_id)
-    rejects.add(MISSING_VALUE, ((day == "") | (start == "") | (end == "")).to_numpy())
-    day_ok = day.str.fullmatch(r"\+?0*[0-6]").to_numpy(dtype=bool, na_value=False)
-    rejects.add(BAD_DAY, ~day_ok)
-    start_text, start_ok = _normalise_times(start)
-    end_text, end_ok = _normalise_times(end)
-    rejects.add(BAD_TIME, ~(start_ok & end_ok))
-    rejects.summarise(summary)
-
-    ok = rejects.ok
-    rows = pd.DataFrame({
-        "store_id": store_id[ok].to_numpy(dtype=object),
-        "day_of_week": pd.to_numeric(day[ok]).to_numpy(dtype=np.int64),
-        "start_time_local": start_text[ok],
-        "end_time_local": end_text[ok],
-    })
-    unique = rows.drop_duplicates()
-    summary.duplicates = len(rows) - len(unique)
-    with _write(conn):
-        stores = json.dumps(pd.unique(unique["store_id"]).tolist())
-        _count_replaced(summary, unique, conn.execute(
-            f"SELECT {', '.join(HOURS_COLUMNS)} FROM business_hours "
-            "WHERE store_id IN (SELECT value FROM json_each(?))", (stores,)).fetchall())
-        conn.execute("DELETE FROM business_hours WHERE store_id IN (SELECT value FROM json_each(?))", (stores,))
-        conn.executemany(
-            "INSERT INTO business_hours (store_id, day_of_week, start_time_local, end_time_local) "
-            "VALUES (?, ?, ?, ?)", zip(*(unique[column].tolist() for column in unique.columns)))
-        _record_load(conn, summary, started)
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-def _count_replaced(summary: TableSummary, rows: pd.DataFrame, stored: list) -> None:
-    """new, already_stored and removed of a file whose (distinct) `rows` replace the `stored` rows of the
-    same stores (or (store, date) pairs): a file row identical to a stored one is already stored; a stored
-    row the file does not have is removed."""
-    stored_rows = {tuple(row) for row in stored}
-    file_rows = zip(*(rows[column].astype(object).where(rows[column].notna(), None).tolist()
-                      for column in rows.columns))
-    already = sum(1 for row in file_rows if row in stored_rows)
-    summary.new, summary.already_stored, summary.removed = len(rows) - already, already, len(stored) - already
-
-
-def _normalise_times(text: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(`HH:MM:SS[.f]` text, valid mask) for local wall-clock times 00:00:00..23:59:59.999999."""
-    parts = pc.extract_regex(pa.array(text, type=pa.string()), TIME_RE)   # null where no match
-    ok = parts.is_valid()
-    fields = {}
-    for name in ("h", "m", "s", "f"):
-        value = pc.fill_null(pc.struct_field(parts, name), "")
-        if name in ("h", "m", "s"):                  # an absent group is "" (seconds default to 00)
-            value = pc.if_else(pc.equal(value, ""), "00", value)
-        fields[name] = value
-    for name, limit in (("h", 23), ("m", 59), ("s", 59)):
-        ok = pc.and_(ok, pc.less_equal(pc.cast(fields[name], pa.int32()), limit))
-    normal = pc.binary_join_element_wise(pc.utf8_lpad(fields["h"], 2, "0"), fields["m"], fields["s"], ":")
-    normal = pc.binary_join_element_wise(normal, fields["f"], "")
-    return normal.to_numpy(zero_copy_only=False), ok.to_numpy(zero_copy_only=False)
-
-
-def ingest_timezones(conn: sqlite3.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
-    """Validate store timezones and replace those stores' rows in one transaction.
-
-    The zone text is kept as given (trimmed; empty -> NULL): an unknown zone is not a reject, the report
-    falls back to the default zone and counts it. For a store listed twice, the last row wins.
-    """
-    started = time.perf_counter()
-    frame = _check_columns(frame, "timezones", source)
-    summary = _start_summary(frame, "timezones", source)
-    store_id = _as_text(frame["store_id"]).str.strip()
-    zone = _as_text(frame["timezone_str"]).str.strip()
-
-    rejects = _Rejects(frame, TABLE_COLUMNS["timezones"])
-    rejects.add_store_ids(store_id)
-    rejects.summarise(summary)
-
-    ok = rejects.ok
-    rows = pd.DataFrame({"store_id": store_id[ok].to_numpy(dtype=object),
-                         "timezone_str": zone[ok].to_numpy(dtype=object)})
-    unique = rows.drop_duplicates("store_id", keep="last")
-    unique = unique.assign(timezone_str=unique["timezone_str"].where(unique["timezone_str"] != "", None))
-    summary.duplicates = len(rows) - len(unique)
-    with _write(conn):
-        stored = {row[0]: row[1] for row in conn.execute(
-            "SELECT store_id, timezone_str FROM timezones WHERE store_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(unique["store_id"].tolist()),))}
-        zones = unique["timezone_str"].astype(object).where(unique["timezone_str"].notna(), None).tolist()
-        for store, zone in zip(unique["store_id"].tolist(), zones):
-            if store not in stored:
-                summary.new += 1
-            elif stored[store] == zone:
-                summary.already_stored += 1
-            else:
-                summary.changed += 1
-        conn.executemany(
-            "INSERT INTO timezones (store_id, timezone_str) VALUES (?, ?) "
-            "ON CONFLICT (store_id) DO UPDATE SET timezone_str = excluded.timezone_str",
-            unique.itertuples(index=False, name=None))
-        _record_load(conn, summary, started)
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-def ingest_special_hours(conn: sqlite3.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
-    """Validate special hours (a local date's own hours, replacing its weekday's) and replace, in one
-    transaction, the stored rows of every (store, date) that has a valid row; other dates are kept.
-
-    Both times empty = closed that date (stored as NULL times); times are normalised like business hours;
-    exact duplicate rows once. Reject reasons: empty store_id, bad date (not a real YYYY-MM-DD date),
-    one time empty, time outside 00:00:00..23:59:59.
-    """
-    started = time.perf_counter()
-    frame = _check_columns(frame, "special_hours", source)
-    summary = _start_summary(frame, "special_hours", source)
-    store_id = _as_text(frame["store_id"]).str.strip()
-    date = _as_text(frame["date"]).str.strip()
-    start = _as_text(frame["start_time_local"]).str.strip()
-    end = _as_text(frame["end_time_local"]).str.strip()
-
-    rejects = _Rejects(frame, TABLE_COLUMNS["special_hours"])
-    rejects.add_store_ids(store_id)
-    date_form = date.str.fullmatch(DATE_RE).to_numpy(dtype=bool, na_value=False)
-    real_date = pd.to_datetime(date.where(date_form, ""), format="%Y-%m-%d", errors="coerce").notna().to_numpy()
-    rejects.add(BAD_DATE, ~(date_form & real_date))
-    start_empty, end_empty = (start == "").to_numpy(), (end == "").to_numpy()
-    rejects.add(ONE_TIME_EMPTY, start_empty != end_empty)
-    closed = start_empty & end_empty
-    start_text, start_ok = _normalise_times(start)
-    end_text, end_ok = _normalise_times(end)
-    rejects.add(BAD_TIME, ~closed & ~(start_ok & end_ok))
-    rejects.summarise(summary)
-
-    ok = rejects.ok
-    rows = pd.DataFrame({
-        "store_id": store_id[ok].to_numpy(dtype=object),
-        "date": date[ok].to_numpy(dtype=object),
-        "start_time_local": np.where(closed, None, start_text)[ok].astype(object),
-        "end_time_local": np.where(closed, None, end_text)[ok].astype(object),
-    }, dtype=object)   # keeps None (closed) as None, not NaN
-    unique = rows.drop_duplicates()
-    summary.duplicates = len(rows) - len(unique)
-    pairs = json.dumps(unique[["store_id", "date"]].drop_duplicates().to_numpy().tolist())
-    in_file = "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?)"
-    with _write(conn):
-        _count_replaced(summary, unique, conn.execute(
-            f"SELECT {', '.join(SPECIAL_COLUMNS)} FROM special_hours WHERE (store_id, date) IN ({in_file})",
-            (pairs,)).fetchall())
-        conn.execute(f"DELETE FROM special_hours WHERE (store_id, date) IN ({in_file})", (pairs,))
-        conn.executemany(
-            f"INSERT INTO special_hours ({', '.join(SPECIAL_COLUMNS)}) VALUES (?, ?, ?, ?)",
-            zip(*(unique[column].tolist() for column in SPECIAL_COLUMNS)))
-        _record_load(conn, summary, started)
-    summary.seconds = time.perf_counter() - started
-    return summary
-
-
-# The status file streams through _ingest_status_csv; the small tables load whole.
-INGEST = {"business_hours": ingest_business_hours, "timezones": ingest_timezones,
-          "special_hours": ingest_special_hours}
-
-
-def load_files(conn: sqlite3.Connection, status=None, hours=None, timezones=None, special_hours=None, *,
+
+import storage
+from ingestion import (DEMO_STORES, LOAD_KEYWORDS, TABLE_COLUMNS, LoadError, TableSummary,  # noqa: F401
+                       default_files, read_table_csv)
+from storage import ReportInputs, backend  # noqa: F401  (ReportInputs: what read_report_inputs returns)
+
+
+# --- connections and transactions ---------------------------------------------------------------------
+
+def connect(location):
+    """A new connection to the database at `location`, its schema created or migrated if need be."""
+    return backend(location).connect(location)
+
+
+def transaction(conn, immediate: bool = True):
+    """A context manager: one transaction on `conn` (SQLite: BEGIN IMMEDIATE, the write lock at once)."""
+    return backend(conn).transaction(conn, immediate)
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """The exceptions any backend raises for database trouble."""
+    return storage.errors()
+
+
+# --- report jobs --------------------------------------------------------------------------------------
+
+def create_report_job(conn, report_id: str, params: dict) -> None:
+    backend(conn).create_report_job(conn, report_id, params)
+
+
+def get_report_job(conn, report_id: str) -> dict | None:
+    return backend(conn).get_report_job(conn, report_id)
+
+
+def mark_report_running(conn, report_id: str) -> None:
+    backend(conn).mark_report_running(conn, report_id)
+
+
+def claim_report_job(conn, owner: str, lease_seconds: float, *, max_attempts: int, exhausted_error: str) -> dict | None:
+    return backend(conn).claim_report_job(conn, owner, lease_seconds, max_attempts=max_attempts,
+                                          exhausted_error=exhausted_error)
+
+
+def renew_report_leases(conn, owner: str, report_ids, lease_seconds: float) -> int:
+    return backend(conn).renew_report_leases(conn, owner, report_ids, lease_seconds)
+
+
+def count_queued_report_jobs(conn) -> int:
+    return backend(conn).count_queued_report_jobs(conn)
+
+
+def set_report_progress(conn, report_id: str, progress: float, owner: str | None = None) -> None:
+    backend(conn).set_report_progress(conn, report_id, progress, owner)
+
+
+def mark_report_complete(conn, report_id: str, **record) -> bool:
+    return backend(conn).mark_report_complete(conn, report_id, **record)
+
+
+def mark_report_failed(conn, report_id: str, error: str, owner: str | None = None) -> bool:
+    return backend(conn).mark_report_failed(conn, report_id, error, owner)
+
+
+def report_attempts(conn, report_id: str | None = None) -> list[dict]:
+    return backend(conn).report_attempts(conn, report_id)
+
+
+def inspect_report_jobs(location) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    return backend(location).inspect_report_jobs(location)
+
+
+def waiting_report_jobs(conn) -> list[dict]:
+    return backend(conn).waiting_report_jobs(conn)
+
+
+def list_report_jobs(conn, *, limit: int, offset: int = 0) -> tuple[list[dict], int]:
+    return backend(conn).list_report_jobs(conn, limit=limit, offset=offset)
+
+
+def delete_report_job(conn, report_id: str) -> dict | None:
+    return backend(conn).delete_report_job(conn, report_id)
+
+
+def finished_report_jobs_before(conn, finished_before: str) -> list[str]:
+    return backend(conn).finished_report_jobs_before(conn, finished_before)
+
+
+def live_report_attempts(conn) -> set[tuple[str, int]]:
+    return backend(conn).live_report_attempts(conn)
+
+
+def store_report_file(conn, report_id: str, body: bytes) -> None:
+    backend(conn).store_report_file(conn, report_id, body)
+
+
+def report_file(conn, report_id: str) -> bytes | None:
+    return backend(conn).report_file(conn, report_id)
+
+
+# --- loads ------------------------------------------------------------------------------------------------
+
+def load_files(conn, status=None, hours=None, timezones=None, special_hours=None, *,
                progress: bool | None = None, name: str | None = None) -> list[TableSummary]:
-    """Load the given CSVs (paths or file-likes; None = skip that table) in ONE transaction.
-
-    Every file's header is checked, and the hours, timezones and special-hours files are read, before
-    anything is written. The status file is then streamed in chunks of STATUS_CHUNK_ROWS rows inside the
-    same transaction (bounded memory for any file size), so a LoadError found midway (an unreadable part)
-    also leaves the database as it was, including the other tables of the call. `progress`: the status
-    file's progress bar (None: on a terminal only; see `_progress_bar`). `name`: what messages, summaries
-    and the load log call every source instead of its path (the HTTP API spools an upload to a temporary
-    file and says '<request>').
-    """
-    frames = []
-    for table, source in (("store_status", status), ("business_hours", hours), ("timezones", timezones),
-                          ("special_hours", special_hours)):
-        if source is None:
-            continue
-        if table == "store_status":
-            frames.append((table, _open_source(source, table, name)))
-        else:
-            frames.append((table, read_table_csv(source, table, name)))
-    summaries = []
-    with _bulk_settings(conn), _write(conn):
-        for table, frame in frames:
-            if table == "store_status":
-                summaries.append(_ingest_status_csv(conn, *frame, progress=progress))
-            else:
-                summaries.append(INGEST[table](conn, frame, source=frame.attrs["source"]))
-    return summaries
+    """Load the given CSVs (paths or file-likes; None = skip that table) in ONE transaction; a summary per
+    table. Raises LoadError (nothing written) for a missing or unreadable file or a missing column."""
+    return backend(conn).load_files(conn, status, hours, timezones, special_hours, progress=progress, name=name)
 
 
-# load_files' keyword for each table's file.
-LOAD_KEYWORDS = {"store_status": "status", "business_hours": "hours", "timezones": "timezones",
-                 "special_hours": "special_hours"}
-
-
-def load_tables(conn: sqlite3.Connection, files: dict, **options) -> list[TableSummary]:
+def load_tables(conn, files: dict, **options) -> list[TableSummary]:
     """`load_files` with the files named by table (None or absent = skip), as `default_files` and
     `sample_data.generate_dataset` give them."""
     return load_files(conn, **{LOAD_KEYWORDS[table]: path for table, path in files.items()}, **options)
 
 
-def default_files(data_dir: str | Path) -> dict[str, Path | None]:
-    """The CSVs of `data_dir` by table: store_status.csv, business_hours.csv or menu_hours.csv,
-    timezones.csv, special_hours.csv (None where no such file exists)."""
-    data_dir = Path(data_dir)
-
-    def first(*names: str) -> Path | None:
-        return next((data_dir / n for n in names if (data_dir / n).is_file()), None)
-
-    return {"store_status": first("store_status.csv"),
-            "business_hours": first("business_hours.csv", "menu_hours.csv"),
-            "timezones": first("timezones.csv", "store_timezones.csv"),
-            "special_hours": first("special_hours.csv")}
+def ingest_store_status(conn, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
+    return backend(conn).ingest_store_status(conn, frame, source)
 
 
-def ensure_loaded(conn: sqlite3.Connection, data_dir: str | Path) -> str:
+def ingest_business_hours(conn, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
+    return backend(conn).ingest_business_hours(conn, frame, source)
+
+
+def ingest_timezones(conn, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
+    return backend(conn).ingest_timezones(conn, frame, source)
+
+
+def ingest_special_hours(conn, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
+    return backend(conn).ingest_special_hours(conn, frame, source)
+
+
+def has_polls(conn) -> bool:
+    return backend(conn).has_polls(conn)
+
+
+def recent_loads(conn, limit: int = 10) -> list[dict]:
+    return backend(conn).recent_loads(conn, limit)
+
+
+def metrics_facts(conn, report_seconds_buckets) -> dict:
+    return backend(conn).metrics_facts(conn, report_seconds_buckets)
+
+
+def ensure_loaded(conn, data_dir: str | Path) -> str:
     """First start: if the database has no polls, load `data_dir`'s CSVs, else a generated demo set.
 
     Returns a one-line description of what happened, for the caller's log. A LoadError from data_dir's
     files propagates (nothing is written).
     """
-    if conn.execute("SELECT 1 FROM store_status LIMIT 1").fetchone() is not None:
+    if has_polls(conn):
         return "database already has polls; nothing loaded"
     data_dir = Path(data_dir)
     files = default_files(data_dir)
@@ -1595,7 +183,31 @@ def ensure_loaded(conn: sqlite3.Connection, data_dir: str | Path) -> str:
     return f"empty database: loaded {origin}: " + ", ".join(parts)
 
 
-# --- command line -----------------------------------------------------------------------------------
+# --- the report's reads (each opens its own read-only snapshot) -------------------------------------------
+
+def plan_report_shards(location, *, shard_stores: int, as_of_us: int | None = None,
+                       store_ids: list[str] | None = None) -> tuple[int | None, list[tuple[int, int]]]:
+    """The report's now (as_of, or the latest poll; None without polls) and store_key ranges [low, high]
+    of at most `shard_stores` chosen stores each, in key order."""
+    return backend(location).plan_report_shards(location, shard_stores=shard_stores, as_of_us=as_of_us,
+                                                store_ids=store_ids)
+
+
+def read_report_inputs(location, *, lookback_us: int, as_of_us: int | None = None,
+                       store_ids: list[str] | None = None,
+                       key_range: tuple[int, int] | None = None) -> ReportInputs:
+    """The polls, hours, timezones and special hours a report at `as_of_us` (default: the latest poll)
+    depends on, in one snapshot: polls in [now - lookback, now] plus each store's latest poll before."""
+    return backend(location).read_report_inputs(location, lookback_us=lookback_us, as_of_us=as_of_us,
+                                                store_ids=store_ids, key_range=key_range)
+
+
+def first_poll_us(location) -> int | None:
+    """The earliest poll of any store (UTC microseconds), None without polls."""
+    return backend(location).first_poll_us(location)
+
+
+# --- command line -------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     """`python database.py load [--db PATH] [--status P] [--hours P] [--timezones P] [--special-hours P]`,
@@ -1614,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                      "data directory: store_status.csv, business_hours.csv or menu_hours.csv, timezones.csv, "
                      "special_hours.csv (optional)")
     for sub in (init, load):
-        sub.add_argument("--db", type=Path, help="SQLite file (default: SM_DATABASE or the project's)")
+        sub.add_argument("--db", help="SQLite file or postgresql:// URL (default: SM_DATABASE or the project's)")
     load.add_argument("--status", type=Path, help="store_status CSV (store_id,status,timestamp_utc)")
     load.add_argument("--hours", type=Path, help="business hours CSV (store_id,day|dayOfWeek|day_of_week,"
                                                  "start_time_local,end_time_local)")
@@ -1629,14 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    db_path = args.db or settings.database_path
+    location = args.db or settings.database
+    where = storage.describe(location)
     if args.command == "init":
         try:
-            connect(db_path).close()
-        except sqlite3.Error as exc:
-            print(f"error: {db_path}: {exc}", file=sys.stderr)
+            connect(location).close()
+        except storage.errors() as exc:
+            print(f"error: {where}: {exc}", file=sys.stderr)
             return 2
-        print(f"schema ready in {db_path}")
+        print(f"schema ready in {where}")
         return 0
 
     paths = {"store_status": args.status, "business_hours": args.hours, "timezones": args.timezones,
@@ -1654,23 +267,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{table}: no {label} in {data_dir}; skipped")
     started = time.perf_counter()
     try:
-        conn = connect(db_path)
-    except sqlite3.Error as exc:
-        print(f"error: {db_path}: cannot open the database: {exc}; nothing was loaded", file=sys.stderr)
+        conn = connect(location)
+    except storage.errors() as exc:
+        print(f"error: {where}: cannot open the database: {exc}; nothing was loaded", file=sys.stderr)
         return 2
     try:
         summaries = load_tables(conn, paths)
     except LoadError as exc:
         print(f"error: {exc}; nothing was loaded", file=sys.stderr)
         return 2
-    except sqlite3.Error as exc:
-        print(f"error: {db_path}: {exc}; nothing was loaded", file=sys.stderr)
+    except storage.errors() as exc:
+        print(f"error: {where}: {exc}; nothing was loaded", file=sys.stderr)
         return 1
     finally:
         conn.close()
     for summary in summaries:
         print(summary.format())
-    print(f"loaded into {db_path} in {time.perf_counter() - started:.1f} s (one transaction)")
+    print(f"loaded into {where} in {time.perf_counter() - started:.1f} s (one transaction)")
     return 0
 
 # --- report inputs ------------------------------------------------------------------------------------
@@ -1678,178 +291,6 @@ def main(argv: list[str] | None = None) -> int:
 
 POLL_COLUMNS = ["store_id", "timestamp_utc", "status"]
 HOURS_COLUMNS = ["store_id", "day_of_week", "start_time_local", "end_time_local"]
-ZONE_COLUMNS = ["store_id", "timezone_str"]
-SPECIAL_COLUMNS = ["store_id", "date", "start_time_local", "end_time_local"]
-
-
-def _empty_frame(columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-
-
-@dataclass
-class ReportInputs:
-    polls: pd.DataFrame           # store_id (categorical), timestamp_utc (datetime64[us, UTC]), status (categorical)
-    business_hours: pd.DataFrame  # store_id, day_of_week, start_time_local, end_time_local
-    timezones: pd.DataFrame       # store_id, timezone_str
-    now: pd.Timestamp | None      # as_of, or the latest poll; None when there are no polls
-    # store_id, date ('YYYY-MM-DD'), start_time_local, end_time_local (both None: closed that date)
-    special_hours: pd.DataFrame = field(default_factory=lambda: _empty_frame(SPECIAL_COLUMNS))
-
-
-def _chosen_stores(store_ids: list[str] | None, key_range: tuple[int, int] | None) -> tuple[str, tuple]:
-    """The `chosen` CTE (the stores a report is about: all, those asked for, those in a store_key range)
-    and its parameters, which bind first (placeholders bind in the order they appear in the text)."""
-    where, params = [], []
-    if store_ids is not None:
-        where.append("store_id IN (SELECT value FROM json_each(?))")
-        params.append(json.dumps(list(store_ids)))
-    if key_range is not None:
-        where.append("store_key BETWEEN ? AND ?")
-        params.extend(int(bound) for bound in key_range)
-    clause = "" if not where else " WHERE " + " AND ".join(where)
-    return f"WITH chosen AS (SELECT store_key, store_id FROM stores{clause})", tuple(params)
-
-
-def _latest_poll_us(conn: sqlite3.Connection) -> int | None:
-    """The latest poll of any store: one primary-key seek per store."""
-    latest = conn.execute("""SELECT MAX((SELECT MAX(p.timestamp_us) FROM store_status p
-                                         WHERE p.store_key = s.store_key)) FROM stores s""").fetchone()[0]
-    return None if latest is None else int(latest)
-
-
-def plan_report_shards(database_path: str | Path, *, shard_stores: int, as_of_us: int | None = None,
-                       store_ids: list[str] | None = None) -> tuple[int | None, list[tuple[int, int]]]:
-    """The report's now (as_of, or the latest poll; None without polls) and store_key ranges
-    [low, high] (inclusive) of at most `shard_stores` chosen stores each, in key order, in one snapshot.
-
-    Stores are independent of each other in a report, so each range can be read and computed on its own.
-    The last range is open-ended upwards so that a store added after the plan falls into a shard.
-    """
-    if shard_stores < 1:
-        raise ValueError("shard_stores must be at least 1")
-    chosen, params = _chosen_stores(store_ids, None)
-    conn = sqlite3.connect(database_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    try:
-        conn.execute("BEGIN")
-        now_us = _latest_poll_us(conn) if as_of_us is None else as_of_us
-        keys = [key for key, in conn.execute(f"{chosen} SELECT store_key FROM chosen ORDER BY store_key", params)]
-    finally:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.close()
-    lows = keys[::shard_stores]
-    highs = [low - 1 for low in lows[1:]] + [np.iinfo(np.int64).max]
-    return now_us, list(zip(lows, highs))
-
-
-def read_report_inputs(database_path: str | Path, *, lookback_us: int, as_of_us: int | None = None,
-                       store_ids: list[str] | None = None,
-                       key_range: tuple[int, int] | None = None) -> ReportInputs:
-    """The polls, hours, timezones and special hours a report at `as_of_us` (default: the latest poll) depends on.
-
-    Polls: those in [now - lookback, now], plus each store's latest poll before that. Only that one can
-    matter for the look-back window: nearest-poll interpolation looks at the closest poll on either
-    side, so an older poll is always hidden behind it. The report is therefore exact without reading
-    all history.
-
-    One read transaction gives a consistent snapshot: a concurrent ingestion is seen entirely or not at
-    all. The recent polls come from `poll_blocks`, one row of packed int64s per store and week, which NumPy
-    takes over without a Python object per poll. Measured for a week of 1.6M polls: 0.08 s, against
-    0.42 s for SQLite to step through the 1.6M rows of `store_status` even just to join them into one
-    text, and 2.3 s for fetchall(). (Drivers that bring their own SQLite, such as ADBC's, are not an
-    option: two SQLite copies in one process break each other's POSIX locks on the same file.)
-    """
-    # `chosen` is the stores the report is about (all, those asked for, those of a shard's key range).
-    # Placeholders bind in the order they appear in the text: the parameters of `chosen` always come first.
-    chosen, ids = _chosen_stores(store_ids, key_range)
-    every_store = store_ids is None and key_range is None
-    conn = sqlite3.connect(database_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    try:
-        conn.execute("BEGIN")  # deferred: the snapshot starts at the first read and holds until ROLLBACK
-        if as_of_us is None:
-            now_us = _latest_poll_us(conn)
-        else:
-            now_us = as_of_us
-        if now_us is None:
-            return ReportInputs(*(pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-                                  for columns in (POLL_COLUMNS, HOURS_COLUMNS, ZONE_COLUMNS)), None)
-        week_start = now_us - lookback_us
-        stores = conn.execute(f"{chosen} SELECT store_key, store_id FROM chosen ORDER BY store_key", ids).fetchall()
-        # The blocks that overlap [week_start, now], in primary-key order: the engine finds them sorted.
-        blocks = conn.execute(f"""{chosen}
-            SELECT b.store_key, b.polls FROM chosen s CROSS JOIN poll_blocks b
-              ON b.store_key = s.store_key AND b.block >= ? AND b.block <= ?
-            ORDER BY s.store_key, b.block""", ids + (week_start // BLOCK_US, now_us // BLOCK_US)).fetchall()
-        # Latest poll before the week, per store; time and status packed in one value (t * 2 + active)
-        # so one correlated seek per store returns both.
-        before = np.array(conn.execute(f"""{chosen}
-            SELECT s.store_key, packed FROM (
-                SELECT s.store_key,
-                       (SELECT p.timestamp_us * 2 + p.active FROM store_status p
-                         WHERE p.store_key = s.store_key AND p.timestamp_us < ?
-                         ORDER BY p.timestamp_us DESC LIMIT 1) AS packed
-                FROM chosen s) AS s
-            WHERE packed IS NOT NULL ORDER BY s.store_key""", ids + (week_start,)).fetchall(),
-                          dtype=np.int64).reshape(-1, 2)
-        # Hours and zones of the chosen stores (the engine ignores those of stores without polls, so for
-        # a report on every store the plain scans are cheapest). Object columns: building pandas'
-        # Arrow strings from 86k tuples costs twice as long, and the engine factorises them anyway.
-        if every_store:
-            hours_rows = conn.execute(f"SELECT {', '.join(HOURS_COLUMNS)} FROM business_hours").fetchall()
-            zone_rows = conn.execute(f"SELECT {', '.join(ZONE_COLUMNS)} FROM timezones").fetchall()
-        else:
-            hours_rows = conn.execute(f"""{chosen} SELECT {', '.join('h.' + c for c in HOURS_COLUMNS)}
-                FROM chosen s JOIN business_hours h ON h.store_id = s.store_id""", ids).fetchall()
-            zone_rows = conn.execute(f"""{chosen} SELECT s.store_id, z.timezone_str
-                FROM chosen s JOIN timezones z ON z.store_id = s.store_id""", ids).fetchall()
-        # Special hours: all of them (the table is small), or those of the chosen stores. A database
-        # opened only by an older version has no such table.
-        special_rows = []
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'special_hours'").fetchone():
-            if every_store:
-                special_rows = conn.execute(f"SELECT {', '.join(SPECIAL_COLUMNS)} FROM special_hours").fetchall()
-            else:
-                special_rows = conn.execute(f"""{chosen} SELECT {', '.join('h.' + c for c in SPECIAL_COLUMNS)}
-                    FROM chosen s JOIN special_hours h ON h.store_id = s.store_id""", ids).fetchall()
-    finally:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        conn.close()
-
-    packed = np.frombuffer(b"".join(polls for _, polls in blocks), dtype="<i8").astype(np.int64)
-    block_keys = np.repeat(np.array([key for key, _ in blocks], dtype=np.int64),
-                           np.array([len(polls) // 8 for _, polls in blocks], dtype=np.int64))
-    recent = (packed >> 1 >= week_start) & (packed >> 1 <= now_us)
-    block_keys, packed = block_keys[recent], packed[recent]
-    # Each store's earlier poll goes just before its recent ones: the polls stay in (store, time) order.
-    at = np.searchsorted(block_keys, before[:, 0], side="left")
-    keys = np.insert(block_keys, at, before[:, 0])
-    packed = np.insert(packed, at, before[:, 1])
-    t_us, active = packed >> 1, (packed & 1).astype(np.int8)
-    # Store ids travel as a categorical over the chosen stores: one string per store, not per poll.
-    store_keys = np.array([key for key, _ in stores], dtype=np.int64)
-    position = np.full(int(store_keys.max(initial=-1)) + 1, -1, np.int64)
-    position[store_keys] = np.arange(len(store_keys))
-    polls = pd.DataFrame({
-        "store_id": pd.Categorical.from_codes(position[keys], categories=[store_id for _, store_id in stores]),
-        "timestamp_utc": pd.Series(t_us.astype("datetime64[us]")).dt.tz_localize("UTC"),
-        "status": pd.Categorical.from_codes(active, categories=["inactive", "active"]),
-    })
-    hours = pd.DataFrame(hours_rows, columns=HOURS_COLUMNS, dtype=object)
-    zones = pd.DataFrame(zone_rows, columns=ZONE_COLUMNS, dtype=object)
-    special = pd.DataFrame(special_rows, columns=SPECIAL_COLUMNS, dtype=object)
-    return ReportInputs(polls, hours, zones, pd.Timestamp(now_us, unit="us", tz="UTC"), special)
-
-
-def first_poll_us(database_path: str | Path) -> int | None:
-    """The earliest poll of any store (UTC microseconds), None without polls: one seek per store."""
-    conn = sqlite3.connect(database_path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    try:
-        first = conn.execute("""SELECT MIN((SELECT MIN(p.timestamp_us) FROM store_status p
-                                            WHERE p.store_key = s.store_key)) FROM stores s""").fetchone()[0]
-    finally:
-        conn.close()
-    return None if first is None else int(first)
 
 
 if __name__ == "__main__":

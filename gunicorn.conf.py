@@ -60,7 +60,7 @@ def when_ready(server):
     # (app is not imported here: the master forks the workers and should hold no NumPy or SQLite state)
     server.log.info("serving on http://%s:%d with gunicorn (%d processes x %d threads; database %s, %d report "
                     "workers per process, queue limit %d, job lease %d s)", _settings.host, _settings.port,
-                    workers, threads, _settings.database_path, _settings.workers, _settings.queue_limit,
+                    workers, threads, _settings.database, _settings.workers, _settings.queue_limit,
                     _settings.job_lease_seconds)
 
 

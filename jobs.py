@@ -90,14 +90,14 @@ class ReportJobs:
     """Worker pool for report jobs: `settings.workers` threads claiming jobs from the shared job table.
 
     `generate` defaults to `report_generator.generate_report` (looked up when each job runs, so tests
-    can monkeypatch it); it is called as `generate(database_path, out_path, as_of=..., store_ids=...,
+    can monkeypatch it); it is called as `generate(database, out_path, as_of=..., store_ids=...,
     extended=..., reach_minutes=..., default_timezone=..., progress=...)` (plus any other parameter stored
     with the job, by its name) and returns an outcome with `rows`, `as_of`, `seconds`, `timings`, `meta`.
     """
 
     def __init__(self, settings, *, generate: Callable | None = None, logger: logging.Logger | None = None):
         self.settings = settings
-        self.database_path = Path(settings.database_path)
+        self.database = settings.database
         self.reports_dir = Path(settings.reports_dir)
         self.workers = int(settings.workers)
         self.queue_limit = int(settings.queue_limit)
@@ -185,7 +185,7 @@ class ReportJobs:
         """
         self._recovered = True
         requeued, failed = [], []
-        conn = database.connect(self.database_path)
+        conn = database.connect(self.database)
         try:
             with database.transaction(conn):
                 for job in database.waiting_report_jobs(conn):
@@ -206,7 +206,7 @@ class ReportJobs:
         the files no job needs: a run's files left by a killed process, reports whose job is gone.
         Files of runs going on under a live lease, in any process, are kept. Returns what was removed."""
         cutoff = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=self.settings.report_retention_days)
-        conn = database.connect(self.database_path)
+        conn = database.connect(self.database)
         try:
             expired = database.finished_report_jobs_before(conn, iso_utc(cutoff))
             for report_id in expired:
@@ -232,7 +232,7 @@ class ReportJobs:
     def delete(self, report_id: str, conn=None) -> bool:
         """Remove a job and its report file; False if there was no such job."""
         own = conn is None
-        conn = database.connect(self.database_path) if own else conn
+        conn = database.connect(self.database) if own else conn
         try:
             job = database.delete_report_job(conn, report_id)
         finally:
@@ -250,7 +250,7 @@ class ReportJobs:
         """Record a new Queued job and wake the workers; returns its id. Raises `QueueFull`."""
         report_id = str(uuid.uuid4())
         own = conn is None
-        conn = database.connect(self.database_path) if own else conn
+        conn = database.connect(self.database) if own else conn
         try:
             with database.transaction(conn):  # the count and the insert are one step for all processes
                 if database.count_queued_report_jobs(conn) >= self.queue_limit:
@@ -265,7 +265,7 @@ class ReportJobs:
     def depth(self, conn=None) -> int:
         """Jobs waiting for their first run (Queued), in every process on this database."""
         own = conn is None
-        conn = database.connect(self.database_path) if own else conn
+        conn = database.connect(self.database) if own else conn
         try:
             return database.count_queued_report_jobs(conn)
         finally:
@@ -283,7 +283,7 @@ class ReportJobs:
     # --- worker ---------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        conn = database.connect(self.database_path)
+        conn = database.connect(self.database)
         try:
             while not self._stop.is_set():
                 try:
@@ -338,7 +338,7 @@ class ReportJobs:
         Returns False (and changes nothing) when this pool no longer holds the job."""
         file_name = report_file_name(report_id)
         generate = self._generate or report_generator.generate_report
-        outcome = generate(self.database_path, part, **self._engine_arguments(params),
+        outcome = generate(self.database, part, **self._engine_arguments(params),
                            default_timezone=self.settings.default_timezone,
                            progress=_ProgressWriter(conn, report_id, self.log, owner=self.owner))
         record = dict(file=file_name, rows=int(outcome.rows), as_of=iso_utc(outcome.as_of),
@@ -367,7 +367,7 @@ class ReportJobs:
 
     def _renew_leases(self) -> None:
         """Heartbeat: every third of the lease, extend the leases of the jobs this pool is running."""
-        conn = database.connect(self.database_path)
+        conn = database.connect(self.database)
         try:
             while not self._heartbeat_stop.wait(self.lease_seconds / 3):
                 if time.monotonic() - self._last_sweep > SWEEP_INTERVAL:

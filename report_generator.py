@@ -812,13 +812,13 @@ def _dst_changes(tz, from_us: int, to_us: int) -> list[dict]:
     return changes
 
 
-def generate_timeline(database_path: str | Path, store_id: str, *, as_of=None,
+def generate_timeline(location: str | Path, store_id: str, *, as_of=None,
                       reach_minutes: int | None = DEFAULT_REACH_MINUTES, days: int = 7,
                       default_timezone: str = DEFAULT_TIMEZONE) -> dict:
     """`store_timeline` from the database: the same read as a report restricted to this store."""
     import database
 
-    inputs = database.read_report_inputs(database_path, lookback_us=WEEK_US,
+    inputs = database.read_report_inputs(location, lookback_us=WEEK_US,
                                          as_of_us=None if as_of is None else _to_utc_us(as_of),
                                          store_ids=[store_id])
     if inputs.now is None:
@@ -853,7 +853,7 @@ def _shard_pool(processes: int) -> ProcessPoolExecutor:
     with _pool_lock:
         if _pool is None or _pool_owner != os.getpid():
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["report_generator", "database"])
+            context.set_forkserver_preload(["report_generator", "database", "storage.sqlite"])
             _pool = ProcessPoolExecutor(max_workers=processes, mp_context=context, initializer=_ignore_interrupts)
             _pool_owner = os.getpid()
         return _pool
@@ -883,13 +883,13 @@ def _discard_pool(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _report_shard(database_path: str, now_us: int, key_range: tuple[int, int] | None, store_ids: list[str] | None,
+def _report_shard(location: str, now_us: int, key_range: tuple[int, int] | None, store_ids: list[str] | None,
                   reach_minutes: int | None, default_timezone: str, extended: bool):
     """One shard's rows (sorted by store_id text) and metadata, read from the database on its own."""
     import database
 
     started = time.perf_counter()
-    inputs = database.read_report_inputs(database_path, lookback_us=WEEK_US, as_of_us=now_us,
+    inputs = database.read_report_inputs(location, lookback_us=WEEK_US, as_of_us=now_us,
                                          store_ids=store_ids, key_range=key_range)
     loaded = time.perf_counter()
     frame = compute_report(inputs.polls, inputs.business_hours, inputs.timezones, inputs.now,
@@ -917,7 +917,7 @@ def _merge_shards(results: list) -> pd.DataFrame:
     return frame
 
 
-def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=None,
+def generate_report(location: str | Path, out_path: str | Path, *, as_of=None,
                     store_ids: Iterable[str] | None = None, extended: bool = False,
                     reach_minutes: int | None = DEFAULT_REACH_MINUTES, default_timezone: str = DEFAULT_TIMEZONE,
                     progress: Callable[[float], None] | None = None, shard_stores: int | None = None,
@@ -939,7 +939,7 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
     store_ids = None if store_ids is None else list(store_ids)
     shard_stores = SHARD_STORES if shard_stores is None else shard_stores
     processes = REPORT_PROCESSES if processes is None else processes
-    now_us, shards = database.plan_report_shards(database_path, shard_stores=shard_stores,
+    now_us, shards = database.plan_report_shards(location, shard_stores=shard_stores,
                                                  as_of_us=None if as_of is None else _to_utc_us(as_of),
                                                  store_ids=store_ids)
     if now_us is None:
@@ -947,7 +947,7 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
     planned = time.perf_counter()
     if len(shards) <= 1:
         shards = [None]  # one shard: read every chosen store, as an unsharded report does
-    job = (str(database_path), now_us)
+    job = (str(location), now_us)
     options = (store_ids, reach_minutes, default_timezone, extended)
     if len(shards) == 1 or processes < 1:
         results = []
@@ -976,7 +976,7 @@ def generate_report(database_path: str | Path, out_path: str | Path, *, as_of=No
     timings = {"load": planned - started + shard_wall * load_share, "compute": shard_wall * (1 - load_share),
                "write": written - computed}
     meta = {key: value for key, value in frame.attrs.items() if key != "now"}  # `now` is as_of
-    first_poll_us = database.first_poll_us(database_path) if len(frame) == 0 and as_of is not None else None
+    first_poll_us = database.first_poll_us(location) if len(frame) == 0 and as_of is not None else None
     meta["warnings"] = report_warnings(frame, store_ids, first_poll_us)
     return ReportOutcome(rows=len(frame), as_of=pd.Timestamp(now_us, unit="us", tz="UTC"),
                          seconds=written - started, timings={k: round(v, 4) for k, v in timings.items()},

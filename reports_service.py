@@ -97,7 +97,7 @@ DEFAULT = _Default()
 
 
 def _connect(settings) -> sqlite3.Connection:
-    return database.connect(settings.database_path)
+    return database.connect(settings.database)
 
 
 def check_report_id(report_id) -> str:
@@ -607,7 +607,7 @@ def store_timeline(settings, store_id: str, *, as_of=None, reach_minutes=DEFAULT
     reach = settings.poll_reach_minutes if reach_minutes is DEFAULT else check_reach(reach_minutes)
     days = _int_param(days, "days", TIMELINE_DAYS, 1, MAX_TIMELINE_DAYS)
     try:
-        return report_generator.generate_timeline(settings.database_path, store_id, as_of=as_of,
+        return report_generator.generate_timeline(settings.database, store_id, as_of=as_of,
                                                   reach_minutes=reach, days=days,
                                                   default_timezone=settings.default_timezone)
     except KeyError:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 conn.close()
             print(f"generated and loaded {args.stores:,} stores in {time.perf_counter() - started:.1f} s")
-        settings = Settings(database_path=db_path, reports_dir=args.reports_dir or tmp / "reports",
+        settings = Settings(database=db_path, reports_dir=args.reports_dir or tmp / "reports",
                             data_dir=tmp / "no-data")
         app = create_app(settings)
         if "pages" not in app.blueprints:

@@ -114,7 +114,7 @@ def worker_serve(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log: we poll often
-    settings = Settings.from_env(environ={}, dotenv=False, database_path=Path(args.db),
+    settings = Settings.from_env(environ={}, dotenv=False, database=Path(args.db),
                                  reports_dir=Path(args.reports), data_dir=Path(args.data_dir),
                                  host="127.0.0.1", port=5000)
     application = app_module.create_app(settings, load_data=False)

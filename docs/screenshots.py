@@ -48,7 +48,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="screenshots-") as tmp, sync_playwright() as playwright:
         tmp = Path(tmp)
         settings = settings_for(tmp)
-        load_generated(settings.database_path, tmp / "data", stores=300, seed=3, end=END)
+        load_generated(settings.database, tmp / "data", stores=300, seed=3, end=END)
         app = pages_app(settings)
         try:
             with serve(app) as base:

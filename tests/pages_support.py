@@ -23,7 +23,7 @@ DST_END = datetime(2023, 3, 14, 18, 0, 0, tzinfo=timezone.utc)
 
 
 def settings_for(tmp_path: Path, **overrides) -> Settings:
-    values = dict(database_path=tmp_path / "db.sqlite3", reports_dir=tmp_path / "reports",
+    values = dict(database=tmp_path / "db.sqlite3", reports_dir=tmp_path / "reports",
                   data_dir=tmp_path / "data", workers=1, queue_limit=16)
     values.update(overrides)
     return Settings(**values)

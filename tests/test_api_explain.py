@@ -32,7 +32,7 @@ def env(tmp_path_factory):
     """(app, client, settings, extended report id, standard report id)."""
     tmp = tmp_path_factory.mktemp("explain")
     settings = settings_for(tmp, api_token=TOKEN)
-    load_generated(settings.database_path, tmp / "generated", stores=STORES, seed=11, end=DST_END)
+    load_generated(settings.database, tmp / "generated", stores=STORES, seed=11, end=DST_END)
     service.clear_cache()
     from app import create_app
 

@@ -45,7 +45,7 @@ def openapi_path(rule: str) -> str:
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(database_path=tmp_path / "db.sqlite3", reports_dir=tmp_path / "reports",
+    return Settings(database=tmp_path / "db.sqlite3", reports_dir=tmp_path / "reports",
                     data_dir=tmp_path / "data", workers=2, queue_limit=16)
 
 
@@ -104,7 +104,7 @@ class FakeEngine:
         self.started = threading.Semaphore(0)
         self.calls = []
 
-    def __call__(self, database_path, out_path, *, as_of=None, store_ids=None, extended=False,
+    def __call__(self, database, out_path, *, as_of=None, store_ids=None, extended=False,
                  reach_minutes=120, default_timezone="America/Chicago", progress=None):
         self.calls.append(dict(as_of=as_of, store_ids=store_ids, extended=extended, reach_minutes=reach_minutes))
         self.started.release()
@@ -242,7 +242,7 @@ def test_finding_8_null_whitespace_and_non_object_trigger_bodies_are_400(make_ap
     """Issue 9, finding 8: JSON null or a lone tab as a trigger body was accepted (202)."""
     client = make_app(start_workers=False).test_client()
     assert_json_error(client.post("/trigger_report", data=data, content_type="application/json"), 400)
-    with closing(database.connect(settings.database_path)) as conn:
+    with closing(database.connect(settings.database)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 0
 
 
@@ -266,7 +266,7 @@ def test_finding_5_trigger_bodies_are_capped_at_1_mib(make_app, settings):
     fits = json.dumps({"store_ids": ["7" * 255] * 4000}).encode()            # 1 MB of valid ids
     assert len(fits) < api.MAX_TRIGGER_BYTES and client.post(
         "/trigger_report", data=fits, content_type="application/json").status_code == 202
-    with closing(database.connect(settings.database_path)) as conn:
+    with closing(database.connect(settings.database)) as conn:
         [params] = [json.loads(row[0]) for row in conn.execute("SELECT params FROM reports")]
     assert params["store_ids"] == ["7" * 255]   # repeats count once
 
@@ -354,7 +354,7 @@ def run_concurrent_triggers(app, count, body=None):
 # --- restart recovery --------------------------------------------------------------------------------
 
 def test_restart_recovery(make_app, settings):
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     rerun, given_up = str(uuid.uuid4()), str(uuid.uuid4())
     for report_id, attempts in [(rerun, 1), (given_up, 2)]:
         database.create_report_job(conn, report_id, {"as_of": None, "store_ids": None, "columns": "standard"})
@@ -424,7 +424,7 @@ def test_bad_trigger_bodies(make_app, settings, data, content_type, mentions):
     client = make_app(start_workers=False).test_client()
     message = assert_json_error(client.post("/trigger_report", data=data, content_type=content_type), 400)
     assert mentions in message
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     assert conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 0  # nothing was queued
     conn.close()
 
@@ -454,7 +454,7 @@ def test_download_route_only_serves_completed_jobs(make_app, settings):
     (settings.reports_dir / f"{stranger}.csv").write_text("secret\n")
     (settings.reports_dir / "notes.csv").write_text("secret\n")
     # a job row whose file name points outside the reports directory is refused too
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     evil = str(uuid.uuid4())
     database.create_report_job(conn, evil, {})
     database.mark_report_complete(conn, evil, file="../db.sqlite3", rows=0, as_of="2023-01-01T00:00:00Z",
@@ -582,7 +582,7 @@ def test_finding_8_text_plain_polls_are_415_and_null_timestamps_400(make_app, se
 
 
 def stored_store_ids(settings) -> list[str]:
-    with closing(database.connect(settings.database_path)) as conn:
+    with closing(database.connect(settings.database)) as conn:
         return sorted(row[0] for row in conn.execute("SELECT store_id FROM stores"))
 
 
@@ -630,7 +630,7 @@ def test_store_status_missing_column_is_400(make_app):
 
 
 def poll_count(settings):
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     try:
         return conn.execute("SELECT COUNT(*) FROM store_status").fetchone()[0]
     finally:
@@ -676,7 +676,7 @@ def test_store_status_answer_says_what_was_stored(make_app, settings):
 
 
 def special_rows(settings) -> list[tuple]:
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     try:
         return sorted(tuple(row) for row in conn.execute("SELECT * FROM special_hours"))
     finally:
@@ -790,7 +790,7 @@ def test_finding_7_health_is_503_when_the_reports_folder_cannot_be_written(make_
 def test_health_answers_while_another_connection_writes(make_app, settings):
     """A write held elsewhere (a long load) is not a reason to call the database unwritable."""
     client = make_app(generate=FakeEngine()).test_client()
-    with closing(sqlite3.connect(settings.database_path, isolation_level=None)) as writer:
+    with closing(sqlite3.connect(settings.database, isolation_level=None)) as writer:
         writer.execute("BEGIN IMMEDIATE")
         started = time.monotonic()
         response = client.get("/health")
@@ -963,7 +963,7 @@ def test_large_uploads_are_spooled_to_a_file_and_removed(make_app, settings, mon
     assert isinstance(call["status"], Path) and call["status"].parent == api.uploads_dir(settings)
     assert call["name"] == "<request>"
     assert list(api.uploads_dir(settings).iterdir()) == []   # gone once answered
-    with closing(database.connect(settings.database_path)) as conn:
+    with closing(database.connect(settings.database)) as conn:
         assert json.loads(conn.execute("SELECT summary FROM loads").fetchone()[0])["source"] == "<request>"
 
 
@@ -1084,7 +1084,7 @@ def test_docs_serve_swagger_ui_from_local_files(make_app):
 def loaded(settings, tmp_path):
     """A small realistic data set from sample_data, loaded into the temporary database."""
     paths = sample_data.generate_dataset(tmp_path / "data", stores=40, seed=7)
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     database.load_files(conn, status=paths["store_status"], hours=paths["business_hours"],
                         timezones=paths["timezones"])
     conn.close()
@@ -1096,7 +1096,7 @@ def engine_csv(settings, *, as_of=None, store_ids=None, extended=False) -> pd.Da
 
     The inputs are read here with plain SQL (all polls, not the report path's week-sized selection),
     so the comparison also checks the report path's reading and writing."""
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     try:
         polls = pd.read_sql_query(
             "SELECT s.store_id, p.timestamp_us, p.active FROM store_status p JOIN stores s USING (store_key)", conn)
@@ -1135,7 +1135,7 @@ def test_full_flow_matches_engine(make_app, settings, loaded):
     assert body["rows"] == len(got) > 0
     assert set(body["timings"]) == {"load", "compute", "write"}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", body["as_of"])
-    with closing(database.connect(settings.database_path)) as conn:
+    with closing(database.connect(settings.database)) as conn:
         no_zone = conn.execute("SELECT COUNT(*) FROM stores WHERE store_id NOT IN "
                                "(SELECT store_id FROM timezones WHERE timezone_str <> '')").fetchone()[0]
     assert body["meta"] == {"stores": body["rows"], "stores_without_timezone": no_zone,
@@ -1198,7 +1198,7 @@ def test_empty_database_report_fails_with_a_readable_error(make_app):
 
 
 def test_restart_recovery_with_real_engine(make_app, settings, loaded):
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     report_id = str(uuid.uuid4())
     database.create_report_job(conn, report_id, {"as_of": None, "store_ids": None, "columns": "standard"})
     database.mark_report_running(conn, report_id)  # ... and then the process died
@@ -1293,7 +1293,7 @@ def test_an_upload_the_server_cannot_spool_is_507_and_loads_nothing(make_app, se
     response = client.post("/store_status", data="store_id,status,timestamp_utc\n" + rows,
                            content_type="text/csv")
     assert response.status_code == 507 and "no room" in response.get_json()["error"]
-    with closing(database.connect(settings.database_path)) as conn:
+    with closing(database.connect(settings.database)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM store_status").fetchone()[0] == 0
 
 

@@ -64,7 +64,7 @@ def server(tmp_path_factory):
     """A real server on a generated data set of 40 stores (its week holds a DST change and special dates)."""
     tmp = tmp_path_factory.mktemp("browser")
     settings = settings_for(tmp)
-    load_generated(settings.database_path, tmp / "generated", stores=40, seed=11, end=DST_END)
+    load_generated(settings.database, tmp / "generated", stores=40, seed=11, end=DST_END)
     app = pages_app(settings)
     try:
         with serve(app) as base:
@@ -171,7 +171,7 @@ def test_a_bad_request_is_explained_on_the_dashboard(server, page):
 
 def test_with_a_token_the_pages_and_their_script_use_it(tmp_path, page):
     settings = replace(settings_for(tmp_path), api_token="browser-token")
-    load_generated(settings.database_path, tmp_path / "generated", stores=5, seed=2)
+    load_generated(settings.database, tmp_path / "generated", stores=5, seed=2)
     app = pages_app(settings)
     try:
         with serve(app) as base:

@@ -10,7 +10,7 @@ def test_defaults_run_on_one_machine():
     settings = Settings.from_env({})
     assert (settings.host, settings.port) == ("127.0.0.1", 5000)
     assert settings.default_timezone == "America/Chicago"
-    assert settings.database_path.name.endswith(".sqlite3")
+    assert settings.database.name.endswith(".sqlite3")
     assert settings.workers >= 1 and settings.queue_limit >= 1
 
 
@@ -20,12 +20,12 @@ def test_environment_keys_are_read_and_overrides_win(tmp_path):
            "SM_PORT": "8080", "SM_WORKERS": "3", "SM_QUEUE_LIMIT": "5", "SM_API_TOKEN": " t0ken "}
     settings = Settings.from_env(env, workers=1)
     assert settings.api_token == "t0ken" and "t0ken" not in repr(settings)
-    assert settings.database_path == tmp_path / "x.sqlite3"
+    assert settings.database == tmp_path / "x.sqlite3"
     assert settings.reports_dir == tmp_path / "r"
     assert settings.data_dir == Settings().data_dir  # blank means default
     assert (settings.default_timezone, settings.host, settings.port) == ("America/New_York", "0.0.0.0", 8080)
     assert (settings.workers, settings.queue_limit) == (1, 5)
-    assert isinstance(settings.database_path, Path)
+    assert isinstance(settings.database, Path)
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 
 import database
+import ingestion
+from storage import sqlite as sqlite_storage
 from database import LoadError, TableSummary
 
 
@@ -411,7 +413,7 @@ def test_failure_while_writing_rolls_back_every_table(db, fixtures_dir, monkeypa
         conn.execute("DELETE FROM timezones")
         raise sqlite3.OperationalError("disk I/O error (simulated)")
 
-    monkeypatch.setitem(database.INGEST, "timezones", broken)
+    monkeypatch.setitem(sqlite_storage.INGEST, "timezones", broken)
     with pytest.raises(sqlite3.OperationalError):
         database.load_files(db, status=fixtures_dir / "store_status_2023.csv",
                             hours=fixtures_dir / "menu_hours_2023_day.csv",
@@ -425,14 +427,14 @@ def test_a_concurrent_reader_sees_none_or_all(db_path, fixtures_dir, monkeypatch
     writer = database.connect(db_path)
     reader = database.connect(db_path)
     seen = []
-    original = database._insert_polls
+    original = sqlite_storage._insert_polls
 
     def spy(conn, *args):
         result = original(conn, *args)
         seen.append(rows(reader, "store_status"))    # mid-transaction, from another connection
         return result
 
-    monkeypatch.setattr(database, "_insert_polls", spy)
+    monkeypatch.setattr(sqlite_storage, "_insert_polls", spy)
     database.load_files(writer, status=fixtures_dir / "store_status_2023.csv")
     assert seen == [0] and rows(reader, "store_status") == 30
     writer.close()
@@ -593,7 +595,7 @@ def blocks_as_rows(db):
     rows = []
     for key, block, blob in db.execute("SELECT store_key, block, polls FROM poll_blocks"):
         for value in np.frombuffer(blob, dtype="<i8").tolist():
-            assert value >> 1 >= block * database.BLOCK_US and value >> 1 < (block + 1) * database.BLOCK_US
+            assert value >> 1 >= block * sqlite_storage.BLOCK_US and value >> 1 < (block + 1) * sqlite_storage.BLOCK_US
             rows.append((key, value >> 1, value & 1))
     return sorted(rows)
 
@@ -659,10 +661,10 @@ def test_status_in_small_chunks_equals_one_chunk(tmp_path, monkeypatch):
     path = chunked_file(tmp_path)
     whole = database.connect(tmp_path / "whole.sqlite3")
     expected = database.load_files(whole, status=path)[0].to_dict()
-    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 7)
+    monkeypatch.setattr(ingestion, "STATUS_CHUNK_ROWS", 7)
     chunks = []
-    original = database._StatusLoad.add
-    monkeypatch.setattr(database._StatusLoad, "add", lambda self, frame, last: (chunks.append(len(frame)),
+    original = sqlite_storage._StatusLoad.add
+    monkeypatch.setattr(sqlite_storage._StatusLoad, "add", lambda self, frame, last: (chunks.append(len(frame)),
                                                                                  original(self, frame, last)))
     chunked = database.connect(tmp_path / "chunked.sqlite3")
     summary = database.load_files(chunked, status=path)[0].to_dict()
@@ -698,7 +700,7 @@ def test_status_in_small_chunks_equals_one_chunk(tmp_path, monkeypatch):
 
 
 def test_cross_chunk_duplicate_inactive_wins_either_order(db, tmp_path, monkeypatch):
-    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 2)
+    monkeypatch.setattr(ingestion, "STATUS_CHUNK_ROWS", 2)
     path = write(tmp_path / "s.csv", STATUS_HEADER + "a,inactive,2023-01-22 12:00:00 UTC\n"
                  "b,active,2023-01-22 12:00:00 UTC\nb,inactive,2023-01-22 13:00:00 UTC\n"
                  "a,active,2023-01-22 12:00:00 UTC\nb,inactive,2023-01-22 12:00:00 UTC\n"
@@ -717,8 +719,8 @@ def test_error_in_a_later_chunk_leaves_the_database_untouched(db, tmp_path, fixt
                         timezones=fixtures_dir / "timezones_2024.csv")
     before = [db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall()
               for t in ("store_status", "stores", "poll_blocks", "business_hours", "timezones")]
-    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 7)
-    monkeypatch.setattr(database, "STATUS_BLOCK_BYTES", 256)    # the bad bytes are read after some chunks
+    monkeypatch.setattr(ingestion, "STATUS_CHUNK_ROWS", 7)
+    monkeypatch.setattr(ingestion, "STATUS_BLOCK_BYTES", 256)    # the bad bytes are read after some chunks
     body = (fixtures_dir / "store_status_2023.csv").read_bytes()
     path = tmp_path / "s.csv"
     if bad is not None:
@@ -727,7 +729,7 @@ def test_error_in_a_later_chunk_leaves_the_database_untouched(db, tmp_path, fixt
     else:
         path.write_bytes(body)
         calls = []
-        original = database._StatusLoad.add
+        original = sqlite_storage._StatusLoad.add
 
         def failing(self, frame, last):      # e.g. the disk fills up while writing the third chunk
             calls.append(1)
@@ -735,7 +737,7 @@ def test_error_in_a_later_chunk_leaves_the_database_untouched(db, tmp_path, fixt
                 raise LoadError("simulated failure in a later chunk")
             original(self, frame, last)
 
-        monkeypatch.setattr(database._StatusLoad, "add", failing)
+        monkeypatch.setattr(sqlite_storage._StatusLoad, "add", failing)
         expected = "simulated failure"
     with pytest.raises(LoadError, match=expected):
         database.load_files(db, status=path, hours=fixtures_dir / "menu_hours_2023_day.csv",
@@ -746,7 +748,7 @@ def test_error_in_a_later_chunk_leaves_the_database_untouched(db, tmp_path, fixt
 
 
 def test_missing_column_fails_before_streaming(db, tmp_path, fixtures_dir, monkeypatch):
-    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 7)
+    monkeypatch.setattr(ingestion, "STATUS_CHUNK_ROWS", 7)
     bad = write(tmp_path / "tz.csv", "store_id,zone\na,America/Denver\n")
     with pytest.raises(LoadError, match="missing column timezone_str"):
         database.load_files(db, status=fixtures_dir / "store_status_2023.csv", timezones=bad)
@@ -754,7 +756,7 @@ def test_missing_column_fails_before_streaming(db, tmp_path, fixtures_dir, monke
 
 
 def test_wrong_field_rows_after_the_last_poll(db, tmp_path, monkeypatch):
-    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 2)
+    monkeypatch.setattr(ingestion, "STATUS_CHUNK_ROWS", 2)
     path = write(tmp_path / "s.csv", STATUS_HEADER + "a,active,2023-01-22 12:00:00 UTC\n"
                  "b,active,2023-01-22 12:00:00 UTC\nc,active\nd,bad,2023-01-22 12:00:00 UTC\ne\n")
     summary = database.load_files(db, status=path)[0]
@@ -842,7 +844,7 @@ def test_repeats_across_chunks_are_exact(db, tmp_path, monkeypatch, chunk_rows):
     """A repeat in a later chunk is a duplicate, not 'already stored', also when the database already
     held polls of the same store at nearby instants (the case the old span heuristic could not tell)."""
     database.load_files(db, status=status_file(tmp_path / "old.csv", [("s", "active", T1), ("s", "active", T3)]))
-    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(ingestion, "STATUS_CHUNK_ROWS", chunk_rows)
     path = status_file(tmp_path / "new.csv", [
         ("s", "active", T2), ("s", "active", T1), ("u", "active", T1),        # new, already stored, new
         ("s", "active", T2), ("s", "active", T1), ("u", "active", T1),        # three duplicates
@@ -889,7 +891,7 @@ def test_random_loads_match_the_reference_model(tmp_path, monkeypatch, filter_hi
     import random
 
     if filter_hits == "always":
-        monkeypatch.setattr(database._SeenFilter, "contains", lambda self, keys, micros: np.ones(len(keys), bool))
+        monkeypatch.setattr(sqlite_storage._SeenFilter, "contains", lambda self, keys, micros: np.ones(len(keys), bool))
     for seed in range(40):
         rng = random.Random(seed)
         stores = [f"s{i}" for i in range(rng.randint(1, 4))]
@@ -899,7 +901,7 @@ def test_random_loads_match_the_reference_model(tmp_path, monkeypatch, filter_hi
         for round_ in range(3):
             rows_ = [(rng.choice(stores), rng.choice(["active", "inactive"]), rng.choice(moments))
                      for _ in range(rng.randint(0, 30))]
-            monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", rng.randint(1, 12))
+            monkeypatch.setattr(ingestion, "STATUS_CHUNK_ROWS", rng.randint(1, 12))
             if rng.random() < 0.3:
                 summary = database.ingest_store_status(conn, pd.DataFrame(rows_, columns=list(TABLE_ORDER)))
             else:
@@ -919,7 +921,7 @@ TABLE_ORDER = ("store_id", "status", "timestamp_utc")
 def test_seen_filter_has_no_false_negatives():
     rng = np.random.default_rng(1)
     keys, micros = rng.integers(0, 50, 20_000), rng.integers(-10**15, 10**15, 20_000)
-    seen = database._SeenFilter(expected_bytes=1_000_000)
+    seen = sqlite_storage._SeenFilter(expected_bytes=1_000_000)
     seen.add(keys[:10_000], micros[:10_000])
     assert seen.contains(keys[:10_000], micros[:10_000]).all()
     assert seen.contains(keys[10_000:], micros[10_000:]).mean() < 0.05
@@ -1084,7 +1086,7 @@ class FakeTerminal(io.StringIO):
 
 
 def test_progress_bar_is_quiet_when_not_a_terminal(db, fixtures_dir, capfd, monkeypatch):
-    monkeypatch.setattr(database, "PROGRESS_DELAY_S", 0)
+    monkeypatch.setattr(ingestion, "PROGRESS_DELAY_S", 0)
     monkeypatch.setattr(sys, "stderr", io.StringIO())          # not a terminal
     database.load_files(db, status=fixtures_dir / "store_status_2023.csv")
     assert sys.stderr.getvalue() == ""
@@ -1092,9 +1094,9 @@ def test_progress_bar_is_quiet_when_not_a_terminal(db, fixtures_dir, capfd, monk
 
 
 def test_progress_bar_on_a_terminal(db, fixtures_dir, monkeypatch):
-    monkeypatch.setattr(database, "PROGRESS_DELAY_S", 0)
-    monkeypatch.setattr(database, "PROGRESS_REFRESH_S", 0)
-    monkeypatch.setattr(database, "STATUS_CHUNK_ROWS", 10)
+    monkeypatch.setattr(ingestion, "PROGRESS_DELAY_S", 0)
+    monkeypatch.setattr(ingestion, "PROGRESS_REFRESH_S", 0)
+    monkeypatch.setattr(ingestion, "STATUS_CHUNK_ROWS", 10)
     terminal = FakeTerminal()
     monkeypatch.setattr(sys, "stderr", terminal)
     database.load_files(db, status=fixtures_dir / "store_status_2023.csv")
@@ -1138,7 +1140,7 @@ def test_unsafe_store_ids_in_a_streamed_csv_and_examples_stay_short(db, tmp_path
     summary = database.load_files(db, status=path)[0]
     assert summary.rejected == {"unsafe store_id": 2} and summary.new == 1
     assert summary.examples["unsafe store_id"] == "line 3: =1+2,active,2023-01-22 12:00:00 UTC"
-    long_example = database._example_value("y" * 1_000_000)
+    long_example = ingestion._example_value("y" * 1_000_000)
     assert len(long_example) < 120 and "1,000,000 characters" in long_example
 
 

@@ -20,7 +20,7 @@ def worker_threads():
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(database_path=tmp_path / "db.sqlite3", reports_dir=tmp_path / "reports",
+    return Settings(database=tmp_path / "db.sqlite3", reports_dir=tmp_path / "reports",
                     data_dir=tmp_path / "data", workers=2, queue_limit=3)
 
 
@@ -48,7 +48,7 @@ class FakeEngine:
         self.calls = []
         self.started = threading.Semaphore(0)
 
-    def __call__(self, database_path, out_path, *, as_of=None, store_ids=None, extended=False,
+    def __call__(self, database, out_path, *, as_of=None, store_ids=None, extended=False,
                  reach_minutes=120, default_timezone="America/Chicago", progress=None):
         self.calls.append(dict(as_of=as_of, store_ids=store_ids, extended=extended,
                                default_timezone=default_timezone))
@@ -77,7 +77,7 @@ def wait_for(conn, report_id, statuses=("Complete", "Failed"), timeout=10.0):
 def test_submit_runs_job_to_complete(settings, pools):
     engine = FakeEngine()
     pool = pools(settings, generate=engine).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     params = {"as_of": "2023-01-25T18:00:00Z", "store_ids": ["a", "b"], "columns": "extended"}
     report_id = pool.submit(params)
     job = wait_for(conn, report_id)
@@ -97,7 +97,7 @@ def test_submit_runs_job_to_complete(settings, pools):
 def test_progress_is_recorded_while_running(settings, pools):
     release = threading.Event()
     pool = pools(settings, generate=FakeEngine(block=release)).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     report_id = pool.submit({})
     wait_for(conn, report_id, statuses=("Running",))
     deadline = time.monotonic() + 5
@@ -112,7 +112,7 @@ def test_queue_limit_raises_queue_full(settings, pools):
     release = threading.Event()
     engine = FakeEngine(block=release)
     pool = pools(settings, generate=engine).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     running = [pool.submit({}) for _ in range(settings.workers)]
     for _ in running:  # both workers hold a job, so the queue itself is empty
         assert engine.started.acquire(timeout=5)
@@ -131,7 +131,7 @@ def test_queue_limit_raises_queue_full(settings, pools):
 
 def test_unexpected_error_is_logged_but_not_shown(settings, pools, caplog):
     pool = pools(settings, generate=FakeEngine(error=KeyError("secret internal detail"))).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     with caplog.at_level(logging.ERROR, logger="store_monitoring.jobs"):
         report_id = pool.submit({})
         job = wait_for(conn, report_id)
@@ -145,7 +145,7 @@ def test_report_error_message_is_kept(settings, pools):
     import report_generator
     error = report_generator.ReportError("there are no polls in the database; load store_status first")
     pool = pools(settings, generate=FakeEngine(error=error)).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     job = wait_for(conn, pool.submit({}))
     assert job["status"] == "Failed"
     assert job["error"] == "there are no polls in the database; load store_status first"
@@ -154,7 +154,7 @@ def test_report_error_message_is_kept(settings, pools):
 def test_worker_survives_a_failing_job(settings, pools):
     engine = FakeEngine(error=RuntimeError("boom"))
     pool = pools(settings, generate=engine).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     assert wait_for(conn, pool.submit({}))["status"] == "Failed"
     engine.error = None
     assert wait_for(conn, pool.submit({}))["status"] == "Complete"
@@ -165,7 +165,7 @@ def test_a_failure_outside_the_engine_still_ends_the_job(settings, pools):
     # A stored as_of that cannot be read, and an outcome that cannot be recorded: both end Failed,
     # never Running until the next restart.
     pool = pools(settings, generate=FakeEngine()).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     assert wait_for(conn, pool.submit({"as_of": "not a time"}))["status"] == "Failed"
     pool._generate = lambda *args, **kwargs: SimpleNamespace(rows="many")
     job = wait_for(conn, pool.submit({}))
@@ -178,7 +178,7 @@ def insert_job(conn, report_id, status, attempts):
 
 
 def test_recovery_reruns_interrupted_jobs_once(settings, pools):
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     insert_job(conn, "00000000-0000-4000-8000-000000000001", "Running", 1)   # crashed while running
     insert_job(conn, "00000000-0000-4000-8000-000000000002", "Queued", 0)    # never started
     insert_job(conn, "00000000-0000-4000-8000-000000000003", "Running", 2)   # crashed on its re-run too
@@ -202,7 +202,7 @@ def test_close_joins_workers_and_leaves_unstarted_jobs_queued(settings, tmp_path
     release = threading.Event()
     engine = FakeEngine(block=release)
     pool = pools(settings, generate=engine).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     running = [pool.submit({}) for _ in range(settings.workers)]
     for _ in running:
         assert engine.started.acquire(timeout=5)
@@ -248,13 +248,13 @@ def queued_jobs(conn, count):
 
 
 def test_each_queued_job_is_claimed_by_exactly_one_claimer(settings):
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     ids = queued_jobs(conn, 60)
     claimed, errors = [], []
     barrier = threading.Barrier(8)
 
     def claimer(n):
-        own = database.connect(settings.database_path)
+        own = database.connect(settings.database)
         try:
             barrier.wait(5)
             while (job := claim(own, f"owner-{n}")) is not None:
@@ -280,7 +280,7 @@ def test_each_queued_job_is_claimed_by_exactly_one_claimer(settings):
 
 
 def test_a_live_lease_is_never_taken_an_expired_one_once_more(settings):
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     [report_id] = queued_jobs(conn, 1)
     assert claim(conn, "first")["attempts"] == 1
     assert claim(conn, "second") is None                       # its lease is live: nobody else takes it
@@ -301,14 +301,14 @@ def test_a_live_lease_is_never_taken_an_expired_one_once_more(settings):
 
 
 def test_claims_take_the_oldest_waiting_job_first(settings):
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     ids = queued_jobs(conn, 3)
     conn.execute("UPDATE reports SET created_at = '2000-01-01T00:00:00.000Z' WHERE report_id = ?", (ids[2],))
     assert [claim(conn, "me")["report_id"] for _ in ids] == [ids[2], ids[0], ids[1]]
 
 
 def test_a_job_running_under_a_live_lease_is_left_alone_at_start(settings, pools):
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     [report_id] = queued_jobs(conn, 1)
     claim(conn, "another-live-process")
     engine = FakeEngine()
@@ -328,7 +328,7 @@ def test_the_heartbeat_renews_the_lease_while_the_report_runs(settings, pools):
     release = threading.Event()
     engine = FakeEngine(block=release)
     pool = pools(replace(settings, job_lease_seconds=1), generate=engine).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     report_id = pool.submit({})
     assert engine.started.acquire(timeout=5)
     leases = []
@@ -349,7 +349,7 @@ def test_a_run_that_lost_its_lease_changes_nothing(settings, pools, caplog):
     release = threading.Event()
     engine = FakeEngine(block=release)
     pool = pools(settings, generate=engine).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     report_id = pool.submit({})
     assert engine.started.acquire(timeout=5)
     # Meanwhile its lease ran out (say the machine stalled) and another process took the job over.
@@ -374,7 +374,7 @@ def test_two_pools_on_one_database_run_each_job_once(settings, pools):
     engines = [FakeEngine(), FakeEngine()]
     first, second = (pools(shared, generate=engine).start() for engine in engines)
     assert first.owner != second.owner
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     ids = [(first if n % 2 else second).submit({"as_of": f"2023-01-25T{n % 24:02d}:00:00Z"}) for n in range(40)]
     for report_id in ids:
         job = wait_for(conn, report_id)
@@ -398,7 +398,7 @@ def test_stop_taking_leaves_new_jobs_queued(settings, pools):
     pool = pools(settings, generate=engine)
     pool.poll_interval = 0.05
     pool.start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     pool.stop_taking()
     report_id = pool.submit({})
     time.sleep(10 * pool.poll_interval)
@@ -420,7 +420,7 @@ def test_job_parameters_reach_the_engine_by_name(settings, pools):
 def test_an_old_database_gets_the_lease_columns_and_its_jobs_run(settings, pools):
     import sqlite3
 
-    old = sqlite3.connect(settings.database_path)
+    old = sqlite3.connect(settings.database)
     old.executescript("""
         CREATE TABLE reports (report_id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at TEXT NOT NULL,
             started_at TEXT, finished_at TEXT, params TEXT NOT NULL DEFAULT '{}', as_of TEXT, rows INTEGER,
@@ -431,7 +431,7 @@ def test_an_old_database_gets_the_lease_columns_and_its_jobs_run(settings, pools
     """)
     old.close()
     pool = pools(settings, generate=FakeEngine()).start()   # a job Running without a lease: taken over
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     columns = {row["name"] for row in conn.execute("PRAGMA table_info(reports)")}
     assert {"meta", "owner", "lease_until"} <= columns
     job = wait_for(conn, "00000000-0000-4000-8000-000000000001")
@@ -445,7 +445,7 @@ def test_sweep_deletes_old_reports_and_stray_files_but_not_live_runs(settings, p
 
     pool = pools(settings, generate=FakeEngine())
     pool.start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     old, recent = pool.submit({}), pool.submit({})
     for report_id in (old, recent):
         wait_for(conn, report_id)
@@ -476,7 +476,7 @@ def test_retention_setting_reaches_the_sweep(settings, pools):
 
     pool = pools(replace(settings, report_retention_days=0.00001), generate=FakeEngine())
     pool.start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     report_id = pool.submit({})
     wait_for(conn, report_id)
     time.sleep(1)  # 0.00001 days is 0.86 s
@@ -486,7 +486,7 @@ def test_retention_setting_reaches_the_sweep(settings, pools):
 
 def test_delete_removes_the_job_and_its_file(settings, pools):
     pool = pools(settings, generate=FakeEngine()).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     report_id = pool.submit({})
     wait_for(conn, report_id)
     assert (settings.reports_dir / f"{report_id}.csv").exists()
@@ -529,7 +529,7 @@ def test_a_full_disk_is_named_in_the_jobs_error(settings, pools, small_filesyste
     finally:
         os.close(filler)
     pool = pools(replace(settings, reports_dir=reports), generate=FakeEngine()).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     job = wait_for(conn, pool.submit({}))
     assert job["status"] == "Failed" and "the disk is full" in job["error"], job["error"]
     conn.close()
@@ -543,7 +543,7 @@ def test_a_read_only_reports_folder_is_named_in_the_jobs_error(settings, pools, 
     reports.mkdir()
     subprocess.run(["mount", "-o", "remount,ro", str(small_filesystem)], check=True)
     pool = pools(replace(settings, reports_dir=reports), generate=FakeEngine()).start()
-    conn = database.connect(settings.database_path)
+    conn = database.connect(settings.database)
     job = wait_for(conn, pool.submit({}))
     assert job["status"] == "Failed" and "read-only" in job["error"], job["error"]
     conn.close()

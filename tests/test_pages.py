@@ -24,7 +24,7 @@ def loaded(tmp_path_factory):
     an app with the pages, and one extended report made through the API."""
     tmp = tmp_path_factory.mktemp("pages")
     settings = settings_for(tmp)
-    load_generated(settings.database_path, tmp / "generated", stores=60, seed=5, end=DST_END)
+    load_generated(settings.database, tmp / "generated", stores=60, seed=5, end=DST_END)
     service.clear_cache()
     app = pages_app(settings)
     client = app.test_client()
@@ -273,7 +273,7 @@ def test_chart_escapes_what_it_shows():
 
 def test_the_dashboard_survives_a_report_file_that_went_away(tmp_path):
     settings = settings_for(tmp_path)
-    load_generated(settings.database_path, tmp_path / "generated", stores=3, seed=1)
+    load_generated(settings.database, tmp_path / "generated", stores=3, seed=1)
     app = pages_app(settings)
     try:
         client = app.test_client()
@@ -288,7 +288,7 @@ def test_the_dashboard_survives_a_report_file_that_went_away(tmp_path):
 
 def test_with_a_token_the_download_button_works_for_a_logged_in_browser(tmp_path):
     settings = replace(settings_for(tmp_path), api_token="s3cret-token")
-    load_generated(settings.database_path, tmp_path / "data", stores=10)
+    load_generated(settings.database, tmp_path / "data", stores=10)
     app = pages_app(settings)
     try:
         client = app.test_client()

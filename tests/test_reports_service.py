@@ -26,7 +26,7 @@ EXTENDED = report_generator.EXTENDED_COLUMNS
 def settings(tmp_path):
     settings = settings_for(tmp_path)
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
-    database.connect(settings.database_path).close()
+    database.connect(settings.database).close()
     service.clear_cache()
     return settings
 
@@ -34,7 +34,7 @@ def settings(tmp_path):
 def write_report(settings, rows, *, header=HEADER, params=None, status="Complete", meta=None) -> str:
     """A job row and its CSV, as jobs.py leaves them; returns the report id."""
     report_id = str(uuid.uuid4())
-    with closing(database.connect(settings.database_path)) as conn:
+    with closing(database.connect(settings.database)) as conn:
         database.create_report_job(conn, report_id, params or {"reach_minutes": 120, "columns": "standard"})
         if status == "Complete":
             path = settings.reports_dir / f"{report_id}.csv"
@@ -202,13 +202,13 @@ def test_report_job_and_recent_reports(settings):
 
 @pytest.fixture
 def generated(tmp_path, settings):
-    load_generated(settings.database_path, tmp_path / "generated", stores=30, seed=4)
+    load_generated(settings.database, tmp_path / "generated", stores=30, seed=4)
     return settings
 
 
 def test_data_summary_counts_what_the_database_holds(generated):
     summary = service.data_summary(generated)
-    with closing(database.connect(generated.database_path)) as conn:
+    with closing(database.connect(generated.database)) as conn:
         polls = conn.execute("SELECT COUNT(*) FROM store_status").fetchone()[0]
         first, last = conn.execute("SELECT MIN(timestamp_us), MAX(timestamp_us) FROM store_status").fetchone()
         no_hours = conn.execute("SELECT COUNT(*) FROM stores WHERE store_id NOT IN "
@@ -233,7 +233,7 @@ def test_data_summary_of_an_empty_database(settings):
 
 
 def test_find_stores_by_prefix_first_then_substring(generated):
-    with closing(database.connect(generated.database_path)) as conn:
+    with closing(database.connect(generated.database)) as conn:
         ids = sorted(row[0] for row in conn.execute("SELECT store_id FROM stores"))
     target = ids[7]
     found = service.find_stores(generated, target[:6])
@@ -254,7 +254,7 @@ def test_find_stores_by_prefix_first_then_substring(generated):
 
 
 def test_store_hours_lists_weekly_and_special_rows(settings):
-    with closing(database.connect(settings.database_path)) as conn, database.transaction(conn):
+    with closing(database.connect(settings.database)) as conn, database.transaction(conn):
         conn.executemany("INSERT INTO business_hours VALUES (?, ?, ?, ?)", [
             ("s1", 4, "22:00:00", "02:00:00"), ("s1", 0, "09:00:00", "17:00:00"), ("s1", 0, "18:00:00", "23:59:59"),
             ("s1", 6, "10:00:00", "10:00:00")])
@@ -300,7 +300,7 @@ def test_parameters_are_checked(settings):
 def test_store_timeline_is_the_engines_and_matches_the_report_rows(generated, tmp_path):
     """The timeline's totals equal the store's row of a report made with the same as_of and reach."""
     rows_path = tmp_path / "report.csv"
-    outcome = report_generator.generate_report(generated.database_path, rows_path, extended=True,
+    outcome = report_generator.generate_report(generated.database, rows_path, extended=True,
                                                reach_minutes=120)
     with open(rows_path, newline="") as handle:
         rows = {row["store_id"]: row for row in csv.DictReader(handle)}

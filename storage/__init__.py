@@ -1,0 +1,110 @@
+"""Storage backends: one interface, two implementations.
+
+- `storage.sqlite`: the embedded default, one SQLite file (SM_DATABASE = a path, or sqlite:///path).
+- `storage.postgresql`: PostgreSQL through psycopg 3 (SM_DATABASE = postgresql://...), for several hosts.
+
+Each backend module provides the operations in OPERATIONS with the same signatures and the same meaning;
+`tests/test_storage_contract.py` runs one suite against both. Connections are the backend's own
+(sqlite3.Connection, psycopg.Connection): pass one back only to the backend that made it. Callers use the
+facade in database.py, which picks the backend from the location or the connection. What the backends
+share (validation, summaries, reading CSVs) is in ingestion.py; what they return is defined here.
+"""
+from __future__ import annotations
+
+import importlib
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+
+# The operations every backend module defines. `location` is what SM_DATABASE holds; `conn` one of the
+# backend's connections from connect(location).
+OPERATIONS = (
+    # connections: connect(location) -> conn (schema ensured); transaction(conn, immediate=True)
+    "connect", "transaction",
+    # report jobs (the queue every process shares)
+    "create_report_job", "get_report_job", "mark_report_running", "claim_report_job", "renew_report_leases",
+    "count_queued_report_jobs", "set_report_progress", "mark_report_complete", "mark_report_failed",
+    "report_attempts", "inspect_report_jobs", "waiting_report_jobs", "list_report_jobs", "delete_report_job",
+    "finished_report_jobs_before", "live_report_attempts",
+    # finished reports kept in the database, for every web process whatever host computed them
+    "store_report_file", "report_file",
+    # loads: one transaction each, exact summaries (ingestion.TableSummary)
+    "load_files", "ingest_store_status", "ingest_business_hours", "ingest_timezones", "ingest_special_hours",
+    "has_polls", "recent_loads", "metrics_facts",
+    # the report's reads, each in its own read-only snapshot
+    "plan_report_shards", "read_report_inputs", "first_poll_us",
+)
+
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+SQLITE_SCHEME = "sqlite:///"
+
+POLL_COLUMNS = ["store_id", "timestamp_utc", "status"]
+HOURS_COLUMNS = ["store_id", "day_of_week", "start_time_local", "end_time_local"]
+ZONE_COLUMNS = ["store_id", "timezone_str"]
+SPECIAL_COLUMNS = ["store_id", "date", "start_time_local", "end_time_local"]
+
+
+def empty_frame(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+
+
+@dataclass
+class ReportInputs:
+    polls: pd.DataFrame           # store_id (categorical), timestamp_utc (datetime64[us, UTC]), status (categorical)
+    business_hours: pd.DataFrame  # store_id, day_of_week, start_time_local, end_time_local
+    timezones: pd.DataFrame       # store_id, timezone_str
+    now: pd.Timestamp | None      # as_of, or the latest poll; None when there are no polls
+    # store_id, date ('YYYY-MM-DD'), start_time_local, end_time_local (both None: closed that date)
+    special_hours: pd.DataFrame = field(default_factory=lambda: empty_frame(SPECIAL_COLUMNS))
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def is_postgresql(location) -> bool:
+    return isinstance(location, str) and location.startswith(POSTGRESQL_SCHEMES)
+
+
+def sqlite_path(location) -> Path:
+    """The file of a SQLite location: a path, or sqlite:///path."""
+    text = str(location)
+    return Path(text[len(SQLITE_SCHEME):] if text.startswith(SQLITE_SCHEME) else text)
+
+
+def describe(location) -> str:
+    """A location as logs and messages show it: a PostgreSQL URL without its password."""
+    if not is_postgresql(location):
+        return str(sqlite_path(location))
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    info = conninfo_to_dict(location)
+    info.pop("password", None)
+    return "postgresql: " + make_conninfo(**info)
+
+
+def backend(target) -> ModuleType:
+    """The backend module for a location (path or URL) or for one of its connections."""
+    if isinstance(target, sqlite3.Connection):
+        return importlib.import_module("storage.sqlite")
+    if isinstance(target, (str, Path)):
+        return importlib.import_module("storage.postgresql" if is_postgresql(target) else "storage.sqlite")
+    if type(target).__module__.startswith("psycopg"):
+        return importlib.import_module("storage.postgresql")
+    raise TypeError(f"not a database location or connection: {target!r}")
+
+
+def errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a backend raises for database trouble (unreachable, locked, full disk, bad SQL)."""
+    found: list[type[BaseException]] = [sqlite3.Error]
+    try:
+        import psycopg
+    except ImportError:      # PostgreSQL support not installed: only SQLite can be in use
+        pass
+    else:
+        found.append(psycopg.Error)
+    return tuple(found)
