@@ -108,6 +108,19 @@ def live_report_attempts(conn) -> set[tuple[str, int]]:
     return backend(conn).live_report_attempts(conn)
 
 
+def store_report_part(conn, report_id: str, shard: int, shards: int, body: bytes) -> None:
+    """Keep one shard's result (idempotent) and move the job's progress to the share of shards stored."""
+    backend(conn).store_report_part(conn, report_id, shard, shards, body)
+
+
+def report_parts(conn, report_id: str) -> list[bytes]:
+    return backend(conn).report_parts(conn, report_id)
+
+
+def delete_report_parts(conn, report_id: str) -> None:
+    backend(conn).delete_report_parts(conn, report_id)
+
+
 def store_report_file(conn, report_id: str, body: bytes) -> None:
     backend(conn).store_report_file(conn, report_id, body)
 

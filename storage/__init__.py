@@ -30,8 +30,9 @@ OPERATIONS = (
     "count_queued_report_jobs", "set_report_progress", "mark_report_complete", "mark_report_failed",
     "report_attempts", "inspect_report_jobs", "waiting_report_jobs", "list_report_jobs", "delete_report_job",
     "finished_report_jobs_before", "live_report_attempts",
-    # finished reports kept in the database, for every web process whatever host computed them
-    "store_report_file", "report_file",
+    # cluster mode: shard results until the merge, and finished reports kept in the database, for every
+    # web process whatever host computed them
+    "store_report_part", "report_parts", "delete_report_parts", "store_report_file", "report_file",
     # loads: one transaction each, exact summaries (ingestion.TableSummary)
     "load_files", "ingest_store_status", "ingest_business_hours", "ingest_timezones", "ingest_special_hours",
     "has_polls", "recent_loads", "metrics_facts",

@@ -97,6 +97,12 @@ CREATE TABLE IF NOT EXISTS report_files (      -- finished reports kept in the d
     report_id TEXT PRIMARY KEY,
     body      BLOB NOT NULL                     -- the CSV file's bytes
 );
+CREATE TABLE IF NOT EXISTS report_parts (      -- cluster mode: each shard's computed rows until the merge
+    report_id TEXT NOT NULL,
+    shard     INTEGER NOT NULL,
+    body      BLOB NOT NULL,                    -- the shard's rows and metadata (see cluster.py)
+    PRIMARY KEY (report_id, shard)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS report_attempts (    -- one row per claim of a job: who ran it, how it ended
     report_id  TEXT NOT NULL,
     attempt    INTEGER NOT NULL,                -- reports.attempts after the claim
@@ -357,6 +363,7 @@ def delete_report_job(conn: sqlite3.Connection, report_id: str) -> dict | None:
         row = conn.execute("DELETE FROM reports WHERE report_id = ? RETURNING *", (report_id,)).fetchone()
         conn.execute("DELETE FROM report_attempts WHERE report_id = ?", (report_id,))
         conn.execute("DELETE FROM report_files WHERE report_id = ?", (report_id,))
+        conn.execute("DELETE FROM report_parts WHERE report_id = ?", (report_id,))
     return None if row is None else _job_from_row(row)
 
 
@@ -371,6 +378,27 @@ def report_file(conn: sqlite3.Connection, report_id: str) -> bytes | None:
     """A report's CSV as kept by store_report_file, or None."""
     row = conn.execute("SELECT body FROM report_files WHERE report_id = ?", (report_id,)).fetchone()
     return None if row is None else bytes(row[0])
+
+
+def store_report_part(conn: sqlite3.Connection, report_id: str, shard: int, shards: int, body: bytes,
+                      progress_share: float = 0.9) -> None:
+    """Keep one shard's result (replacing an earlier copy: a shard run twice is stored once) and set the
+    job's progress to `progress_share` times the fraction of its `shards` stored, in one transaction."""
+    with _write(conn):
+        conn.execute("INSERT INTO report_parts (report_id, shard, body) VALUES (?, ?, ?) "
+                     "ON CONFLICT (report_id, shard) DO UPDATE SET body = excluded.body", (report_id, shard, body))
+        conn.execute("UPDATE reports SET progress = ? * (SELECT COUNT(*) FROM report_parts WHERE report_id = ?) / ? "
+                     "WHERE report_id = ? AND status = 'Running'", (progress_share, report_id, shards, report_id))
+
+
+def report_parts(conn: sqlite3.Connection, report_id: str) -> list[bytes]:
+    """The stored shard results of a job, in shard order."""
+    return [bytes(row[0]) for row in conn.execute(
+        "SELECT body FROM report_parts WHERE report_id = ? ORDER BY shard", (report_id,))]
+
+
+def delete_report_parts(conn: sqlite3.Connection, report_id: str) -> None:
+    conn.execute("DELETE FROM report_parts WHERE report_id = ?", (report_id,))
 
 
 def finished_report_jobs_before(conn: sqlite3.Connection, finished_before: str) -> list[str]:
