@@ -19,16 +19,15 @@ Each request is one log line (`store_monitoring.access`): method, path, status, 
 Concurrency: each request opens its own short-lived SQLite connection (WAL mode, so reads never wait
 for a writer); report workers have their own connections (`jobs.py`). An ingestion request is one
 transaction and each shard of a report reads its stores in one read transaction, so a store's figures
-see either none or all of one request's polls. Report jobs are shared by every process on the database (see `jobs.py`).
+see either none or all of one request's polls. Report jobs are shared by every process on the database (see `jobs.py`);
+with SM_BROKER_URL set (cluster mode) they run in Celery workers on any host instead (see `cluster.py`).
 """
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hmac
 import logging
 import os
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ import api
 import api_models
 import dashboard
 import database
+import storage
 from api import API, EXTENSION, ApiError, error_response
 from config import Settings
 from jobs import ReportJobs
@@ -154,14 +154,11 @@ def create_app(settings: Settings | None = None, *, start_workers: bool = True, 
 def prepare_database(settings: Settings) -> str:
     """Create the schema and, on a first start (no polls), load `data_dir`'s CSVs or a generated demo set.
 
-    Runs once per start of the service, before any worker takes a job; an exclusive lock on a file beside
-    the database makes processes that start together on one database take turns, so the data is loaded
-    once. Returns the line for the log; raises `database.LoadError` or `sqlite3.Error`.
+    Runs once per start of the service, before any worker takes a job; `database.start_up_lock` makes
+    processes that start together on one database take turns, so the data is loaded once. Returns the line
+    for the log; raises `database.LoadError` or a database error (`database.errors()`).
     """
-    lock_path = Path(f"{settings.database}-startup.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+    with database.start_up_lock(settings.database):
         conn = database.connect(settings.database)
         try:
             return database.ensure_loaded(conn, settings.data_dir)
@@ -328,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare:
         try:
             log.info("%s", prepare_database(settings))
-        except sqlite3.Error as exc:
-            print(f"cannot use the database {settings.database} (SM_DATABASE): {exc}", file=sys.stderr)
+        except database.errors() as exc:
+            print(f"cannot use the database {storage.describe(settings.database)} (SM_DATABASE): {exc}",
+                  file=sys.stderr)
             return 2
         except database.LoadError as exc:
             print(f"cannot load the data in {settings.data_dir} (SM_DATA_DIR): {exc}", file=sys.stderr)
@@ -354,10 +352,10 @@ def _serve_dev(settings: Settings) -> int:
         return 2
     try:
         app = create_app(settings, load_data=True)
-    except (sqlite3.Error, database.LoadError) as exc:
+    except (*database.errors(), database.LoadError) as exc:
         server.server_close()
-        where = "use the database" if isinstance(exc, sqlite3.Error) else "load the data"
-        print(f"cannot {where} ({settings.database}, {settings.data_dir}): {exc}", file=sys.stderr)
+        where = "load the data" if isinstance(exc, database.LoadError) else "use the database"
+        print(f"cannot {where} ({storage.describe(settings.database)}, {settings.data_dir}): {exc}", file=sys.stderr)
         return 2
     server.app = app
 

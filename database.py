@@ -198,12 +198,14 @@ def ensure_loaded(conn, data_dir: str | Path) -> str:
 
 # --- the report's reads (each opens its own read-only snapshot) -------------------------------------------
 
-def plan_report_shards(location, *, shard_stores: int, as_of_us: int | None = None,
+def plan_report_shards(location, *, shard_stores: int, shard_polls: int | None = None, lookback_us: int,
+                       as_of_us: int | None = None,
                        store_ids: list[str] | None = None) -> tuple[int | None, list[tuple[int, int]]]:
     """The report's now (as_of, or the latest poll; None without polls) and store_key ranges [low, high]
-    of at most `shard_stores` chosen stores each, in key order."""
-    return backend(location).plan_report_shards(location, shard_stores=shard_stores, as_of_us=as_of_us,
-                                                store_ids=store_ids)
+    of at most `shard_stores` chosen stores and about `shard_polls` polls in the window each, in key order
+    (storage.cut_shards)."""
+    return backend(location).plan_report_shards(location, shard_stores=shard_stores, shard_polls=shard_polls,
+                                                lookback_us=lookback_us, as_of_us=as_of_us, store_ids=store_ids)
 
 
 def read_report_inputs(location, *, lookback_us: int, as_of_us: int | None = None,
@@ -218,6 +220,47 @@ def read_report_inputs(location, *, lookback_us: int, as_of_us: int | None = Non
 def first_poll_us(location) -> int | None:
     """The earliest poll of any store (UTC microseconds), None without polls."""
     return backend(location).first_poll_us(location)
+
+
+# --- the service: start-up, health, the pages' reads ---------------------------------------------------
+
+def start_up_lock(location):
+    """A context manager held while a starting service prepares the database: processes starting together
+    on one database (SQLite: on one host; PostgreSQL: on any hosts) take turns."""
+    return backend(location).start_up_lock(location)
+
+
+def check_writable(conn) -> None:
+    """Raise unless `conn` can write (the health check)."""
+    backend(conn).check_writable(conn)
+
+
+def latest_complete_report_id(conn) -> str | None:
+    return backend(conn).latest_complete_report_id(conn)
+
+
+def find_stores(conn, text: str, limit: int) -> tuple[int, list[tuple]]:
+    """Polled stores whose id contains `text` (case-insensitive), those starting with it first, then by id:
+    (matches in all, [(store_id, has business hours, timezone_str or None)])."""
+    return backend(conn).find_stores(conn, text, limit)
+
+
+def store_records(conn, store_id: str) -> dict:
+    """What the tables hold for one store (polled, weekly rows, timezone, special rows)."""
+    return backend(conn).store_records(conn, store_id)
+
+
+def data_facts(conn, loads: int) -> dict:
+    """What the database holds, in one snapshot (counts, first and last poll, zones, the latest loads)."""
+    return backend(conn).data_facts(conn, loads)
+
+
+def start_report_attempt(conn, report_id: str, owner: str, *, lease_until: float, max_attempts: int,
+                         exhausted_error: str, owner_prefix: str) -> dict | None:
+    """Start a job handed to a worker (cluster mode); see storage/sqlite.py."""
+    return backend(conn).start_report_attempt(conn, report_id, owner, lease_until=lease_until,
+                                              max_attempts=max_attempts, exhausted_error=exhausted_error,
+                                              owner_prefix=owner_prefix)
 
 
 # --- command line -------------------------------------------------------------------------------------------

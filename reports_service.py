@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import re
-import sqlite3
 import threading
 from collections import OrderedDict
 from contextlib import closing
@@ -96,7 +95,7 @@ class _Default:
 DEFAULT = _Default()
 
 
-def _connect(settings) -> sqlite3.Connection:
+def _connect(settings):
     return database.connect(settings.database)
 
 
@@ -222,9 +221,8 @@ def recent_reports(settings, limit: int = RECENT_REPORTS, offset: int = 0) -> di
 def latest_complete_report(settings) -> dict | None:
     """The newest Complete report's summary, or None."""
     with closing(_connect(settings)) as conn:
-        row = conn.execute("SELECT report_id FROM reports WHERE status = 'Complete' "
-                           "ORDER BY created_at DESC, rowid DESC LIMIT 1").fetchone()
-        job = None if row is None else database.get_report_job(conn, row[0])
+        report_id = database.latest_complete_report_id(conn)
+        job = None if report_id is None else database.get_report_job(conn, report_id)
     return None if job is None else _job_summary(job, settings)
 
 
@@ -343,11 +341,28 @@ def _complete_job(settings, report_id) -> dict:
     return job
 
 
-def _parsed(settings, job: dict) -> _ParsedReport:
+def report_file_path(settings, job: dict) -> Path:
+    """The CSV of a Complete job in this process's reports folder: the file if it is there, else the copy
+    kept in the database (cluster mode: the report was made by a Celery worker, on any host), written
+    into the folder first (atomically: a reader sees no file or the whole one). NotFound if neither exists.
+
+    Nothing assumes that the process which computed a report shares this folder."""
     name = job.get("file")
     if not name or Path(name).name != name:  # the name comes from the job table; never a path
         raise NotFound(f"the file of report {job['report_id']} is missing")
     path = Path(settings.reports_dir) / name
+    if path.is_file():
+        return path
+    with closing(_connect(settings)) as conn:
+        body = database.report_file(conn, job["report_id"])
+    if body is None:
+        raise NotFound(f"the file of report {job['report_id']} is missing (deleted?)")
+    report_generator.write_bytes_atomically(body, path)
+    return path
+
+
+def _parsed(settings, job: dict) -> _ParsedReport:
+    path = report_file_path(settings, job)
     try:
         stat = path.stat()
     except FileNotFoundError:
@@ -437,10 +452,6 @@ def fleet_figures(settings, report_id) -> dict:
 
 # --- stores -----------------------------------------------------------------------------------------
 
-def _like_pattern(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def find_stores(settings, q: str | None, limit=None) -> dict:
     """Polled stores whose id contains `q` (case-insensitive), those starting with it first.
 
@@ -449,20 +460,12 @@ def find_stores(settings, q: str | None, limit=None) -> dict:
     """
     limit = _int_param(limit, "limit", FIND_LIMIT, 1, MAX_FIND_LIMIT)
     q = (q or "").strip()
-    pattern = "%" + _like_pattern(q) + "%"
-    prefix = _like_pattern(q) + "%"
     with closing(_connect(settings)) as conn:
-        total = conn.execute("SELECT COUNT(*) FROM stores WHERE store_id LIKE ? ESCAPE '\\'", (pattern,)).fetchone()[0]
-        rows = conn.execute("""
-            SELECT s.store_id,
-                   EXISTS (SELECT 1 FROM business_hours h WHERE h.store_id = s.store_id) AS has_hours,
-                   (SELECT z.timezone_str FROM timezones z WHERE z.store_id = s.store_id) AS timezone
-            FROM stores s WHERE s.store_id LIKE ?1 ESCAPE '\\'
-            ORDER BY s.store_id LIKE ?2 ESCAPE '\\' DESC, s.store_id LIMIT ?3""", (pattern, prefix, limit)).fetchall()
+        total, rows = database.find_stores(conn, q, limit)
     stores = []
-    for row in rows:
-        zone = (row["timezone"] or "").strip() or None
-        stores.append({"store_id": row["store_id"], "has_hours": bool(row["has_hours"]), "timezone": zone,
+    for store_id, has_hours, zone in rows:
+        zone = (zone or "").strip() or None
+        stores.append({"store_id": store_id, "has_hours": has_hours, "timezone": zone,
                        "timezone_known": zone is not None and zone in KNOWN_ZONES})
     return {"q": q, "total": int(total), "stores": stores}
 
@@ -509,15 +512,11 @@ def store_hours(settings, store_id: str) -> dict:
     if not store_id:
         raise BadRequest("store_id must not be empty")
     with closing(_connect(settings)) as conn:
-        polled = conn.execute("SELECT 1 FROM stores WHERE store_id = ?", (store_id,)).fetchone() is not None
-        weekly = conn.execute("SELECT day_of_week, start_time_local, end_time_local FROM business_hours "
-                              "WHERE store_id = ? ORDER BY day_of_week, start_time_local", (store_id,)).fetchall()
-        zone_row = conn.execute("SELECT timezone_str FROM timezones WHERE store_id = ?", (store_id,)).fetchone()
-        special = conn.execute("SELECT date, start_time_local, end_time_local FROM special_hours "
-                               "WHERE store_id = ? ORDER BY date, start_time_local", (store_id,)).fetchall()
-    if not (polled or weekly or zone_row or special):
+        records = database.store_records(conn, store_id)
+    polled, weekly, special = records["polled"], records["weekly"], records["special"]
+    if not (polled or weekly or records["has_zone_row"] or special):
         raise NotFound(f"no store with id {store_id!r}")
-    zone = ((zone_row[0] if zone_row else None) or "").strip() or None
+    zone = (records["timezone"] or "").strip() or None
     if zone is None:
         used, source = settings.default_timezone, "default (missing)"
     elif zone not in KNOWN_ZONES:
@@ -553,26 +552,12 @@ def data_summary(settings, loads: int = 5) -> dict:
     "default_timezone", "last_load" (the newest load summary of any table, with its finished_at), "loads"
     (the latest `loads` summaries, newest first)}."""
     with closing(_connect(settings)) as conn:
-        conn.execute("BEGIN")  # one snapshot for every figure
-        try:
-            stores = conn.execute("SELECT COUNT(*) FROM stores").fetchone()[0]
-            polls = conn.execute("SELECT COALESCE(SUM(length(polls)), 0) / 8 FROM poll_blocks").fetchone()[0]
-            first, last = conn.execute("""
-                SELECT MIN((SELECT MIN(p.timestamp_us) FROM store_status p WHERE p.store_key = s.store_key)),
-                       MAX((SELECT MAX(p.timestamp_us) FROM store_status p WHERE p.store_key = s.store_key))
-                FROM stores s""").fetchone()
-            without_hours = conn.execute("""SELECT COUNT(*) FROM stores s WHERE NOT EXISTS
-                (SELECT 1 FROM business_hours h WHERE h.store_id = s.store_id)""").fetchone()[0]
-            zones = conn.execute("""SELECT TRIM(COALESCE(z.timezone_str, '')) AS zone, COUNT(*) FROM stores s
-                LEFT JOIN timezones z ON z.store_id = s.store_id GROUP BY 1""").fetchall()
-            special_rows, special_stores = conn.execute(
-                "SELECT COUNT(*), COUNT(DISTINCT store_id) FROM special_hours").fetchone()
-            not_polled = conn.execute("""SELECT COUNT(*) FROM (
-                SELECT store_id FROM business_hours UNION SELECT store_id FROM timezones) AS k
-                WHERE NOT EXISTS (SELECT 1 FROM stores s WHERE s.store_id = k.store_id)""").fetchone()[0]
-            recent = database.recent_loads(conn, limit=max(int(loads), 1))
-        finally:
-            conn.execute("ROLLBACK")
+        facts = database.data_facts(conn, loads=max(int(loads), 1))
+    zones, recent = facts["zones"], facts["loads"]
+    stores, polls, first, last = facts["stores"], facts["polls"], facts["first_us"], facts["last_us"]
+    without_hours, special_rows, special_stores, not_polled = (
+        facts["stores_without_hours"], facts["special_hours_rows"], facts["stores_with_special_hours"],
+        facts["stores_not_polled"])
     without_zone = sum(count for zone, count in zones if not zone)
     unknown_zone = sum(count for zone, count in zones if zone and zone not in KNOWN_ZONES)
     return {

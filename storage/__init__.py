@@ -38,6 +38,9 @@ OPERATIONS = (
     "has_polls", "recent_loads", "metrics_facts",
     # the report's reads, each in its own read-only snapshot
     "plan_report_shards", "read_report_inputs", "first_poll_us",
+    # the service: start-up, health, the pages' reads; jobs handed to a cluster worker
+    "start_up_lock", "check_writable", "latest_complete_report_id", "find_stores", "store_records", "data_facts",
+    "start_report_attempt",
 )
 
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
@@ -61,6 +64,28 @@ class ReportInputs:
     now: pd.Timestamp | None      # as_of, or the latest poll; None when there are no polls
     # store_id, date ('YYYY-MM-DD'), start_time_local, end_time_local (both None: closed that date)
     special_hours: pd.DataFrame = field(default_factory=lambda: empty_frame(SPECIAL_COLUMNS))
+
+
+def cut_shards(keys, polls, *, shard_stores: int, shard_polls: int | None) -> list[tuple[int, int]]:
+    """store_key ranges [low, high] (inclusive) over `keys` (ascending) with at most `shard_stores` stores
+    and, where `shard_polls` is given, at most that many polls (`polls`: each store's polls in the report's
+    week) each; a store with more polls than that gets a shard of its own. The last range is open-ended
+    upwards, so a store added after the plan still falls into a shard. Every backend plans with this.
+
+    A shard's memory follows the polls it holds, not its stores (bench/sizing.py: about 110 MB for the
+    process plus ~90 bytes a poll), so bounding the polls bounds a worker's memory however often stores
+    are polled."""
+    if shard_stores < 1 or (shard_polls is not None and shard_polls < 1):
+        raise ValueError("shard_stores and shard_polls must be at least 1")
+    lows, stores, held = [], 0, 0
+    for key, count in zip(keys, polls):
+        if not lows or stores == shard_stores or (shard_polls is not None and stores and held + count > shard_polls):
+            lows.append(int(key))
+            stores, held = 0, 0
+        stores += 1
+        held += int(count)
+    highs = [low - 1 for low in lows[1:]] + [2**63 - 1]
+    return list(zip(lows, highs))
 
 
 def utc_now_iso() -> str:

@@ -24,8 +24,8 @@ import pandas as pd
 
 import ingestion
 from ingestion import TableSummary
-from storage import (HOURS_COLUMNS, POLL_COLUMNS, SPECIAL_COLUMNS, ZONE_COLUMNS, ReportInputs, empty_frame,
-                     sqlite_path, utc_now_iso)
+from storage import (HOURS_COLUMNS, POLL_COLUMNS, SPECIAL_COLUMNS, ZONE_COLUMNS, ReportInputs, cut_shards,
+                     empty_frame, sqlite_path, utc_now_iso)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stores (
@@ -145,13 +145,28 @@ def connect(location: str | Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
+    _use_wal(conn)
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.executescript(SCHEMA)
     _add_missing_columns(conn)
     _fill_poll_blocks(conn)
     return conn
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch a new database to WAL. Changing the journal mode does not wait on SQLite's busy handler: when
+    several processes open a new file at once, all but one get 'database is locked' at once (seen: 11 of
+    200 rounds of 6 threads). Retry until the busy timeout, like any other statement would wait."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _add_missing_columns(conn: sqlite3.Connection) -> None:
@@ -964,29 +979,41 @@ def _latest_poll_us(conn: sqlite3.Connection) -> int | None:
     return None if latest is None else int(latest)
 
 
-def plan_report_shards(location: str | Path, *, shard_stores: int, as_of_us: int | None = None,
+def plan_report_shards(location: str | Path, *, shard_stores: int, shard_polls: int | None = None,
+                       lookback_us: int = BLOCK_US, as_of_us: int | None = None,
                        store_ids: list[str] | None = None) -> tuple[int | None, list[tuple[int, int]]]:
-    """The report's now (as_of, or the latest poll; None without polls) and store_key ranges
-    [low, high] (inclusive) of at most `shard_stores` chosen stores each, in key order, in one snapshot.
+    """The report's now (as_of, or the latest poll; None without polls) and store_key ranges [low, high]
+    (inclusive) of at most `shard_stores` chosen stores and about `shard_polls` polls in [now - lookback,
+    now] each (see storage.cut_shards), in key order, in one snapshot.
 
     Stores are independent of each other in a report, so each range can be read and computed on its own.
-    The last range is open-ended upwards so that a store added after the plan falls into a shard.
+    A store's polls in the window are estimated from its `poll_blocks` rows (their lengths, prorated by
+    how much of each block lies in the window): reading the polls themselves would cost as much as the
+    report's own read.
     """
-    if shard_stores < 1:
-        raise ValueError("shard_stores must be at least 1")
     chosen, params = _chosen_stores(store_ids, None)
     conn = sqlite3.connect(sqlite_path(location), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         conn.execute("BEGIN")
         now_us = _latest_poll_us(conn) if as_of_us is None else as_of_us
         keys = [key for key, in conn.execute(f"{chosen} SELECT store_key FROM chosen ORDER BY store_key", params)]
+        polls = np.zeros(len(keys), np.int64)
+        if shard_polls is not None and now_us is not None and keys:
+            start = now_us - lookback_us
+            counted = np.array(conn.execute(f"""
+                SELECT store_key, SUM(length(polls) / 8.0 *
+                       (MIN(:end, (block + 1) * {BLOCK_US}) - MAX(:start, block * {BLOCK_US})) / {BLOCK_US})
+                FROM poll_blocks WHERE block BETWEEN :first AND :last GROUP BY store_key""",
+                {"start": start, "end": now_us, "first": start // BLOCK_US, "last": now_us // BLOCK_US}
+            ).fetchall(), dtype=np.float64).reshape(-1, 2)
+            at = np.searchsorted(keys, counted[:, 0].astype(np.int64))
+            found = (at < len(keys)) & (np.asarray(keys)[np.minimum(at, len(keys) - 1)] == counted[:, 0])
+            polls[at[found]] = np.ceil(counted[found, 1]).astype(np.int64)
     finally:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         conn.close()
-    lows = keys[::shard_stores]
-    highs = [low - 1 for low in lows[1:]] + [np.iinfo(np.int64).max]
-    return now_us, list(zip(lows, highs))
+    return now_us, cut_shards(keys, polls, shard_stores=shard_stores, shard_polls=shard_polls)
 
 
 def read_report_inputs(location: str | Path, *, lookback_us: int, as_of_us: int | None = None,
@@ -1097,3 +1124,136 @@ def first_poll_us(location: str | Path) -> int | None:
     finally:
         conn.close()
     return None if first is None else int(first)
+
+
+# --- the service's other reads, and job starts by cluster workers ---------------------------------------
+
+@contextmanager
+def start_up_lock(location: str | Path) -> Iterator[None]:
+    """Held while a starting service creates the schema and loads a first data set, so that processes
+    starting together on one database take turns: an exclusive lock on a file beside the database."""
+    import fcntl
+
+    lock_path = Path(f"{sqlite_path(location)}-startup.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def check_writable(conn: sqlite3.Connection) -> None:
+    """Raise unless this connection can start a write transaction and write (rolled back at once). A write
+    held by someone else (a load) for more than a second is fine: the database is writable."""
+    conn.execute("PRAGMA busy_timeout = 1000")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc):
+            return
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    try:
+        conn.execute("DELETE FROM reports WHERE 0")  # a write statement that changes nothing
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def latest_complete_report_id(conn: sqlite3.Connection) -> str | None:
+    row = conn.execute("SELECT report_id FROM reports WHERE status = 'Complete' "
+                       "ORDER BY created_at DESC, rowid DESC LIMIT 1").fetchone()
+    return None if row is None else row[0]
+
+
+def _like_pattern(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def find_stores(conn: sqlite3.Connection, text: str, limit: int) -> tuple[int, list[tuple]]:
+    """Polled stores whose id contains `text` (case-insensitive), those starting with it first, then by id:
+    (how many match, [(store_id, has business hours, timezone_str or None)] of at most `limit`)."""
+    pattern, prefix = "%" + _like_pattern(text) + "%", _like_pattern(text) + "%"
+    total = conn.execute("SELECT COUNT(*) FROM stores WHERE store_id LIKE ? ESCAPE '\\'", (pattern,)).fetchone()[0]
+    rows = conn.execute("""
+        SELECT s.store_id,
+               EXISTS (SELECT 1 FROM business_hours h WHERE h.store_id = s.store_id) AS has_hours,
+               (SELECT z.timezone_str FROM timezones z WHERE z.store_id = s.store_id) AS timezone
+        FROM stores s WHERE s.store_id LIKE ?1 ESCAPE '\\'
+        ORDER BY s.store_id LIKE ?2 ESCAPE '\\' DESC, s.store_id LIMIT ?3""", (pattern, prefix, limit)).fetchall()
+    return int(total), [(row[0], bool(row[1]), row[2]) for row in rows]
+
+
+def store_records(conn: sqlite3.Connection, store_id: str) -> dict:
+    """What the tables hold for one store: {"polled": bool, "weekly": [(day, start, end)], "timezone":
+    (None: no row), "has_zone_row": bool, "special": [(date, start, end)]}, rows in day/date order."""
+    polled = conn.execute("SELECT 1 FROM stores WHERE store_id = ?", (store_id,)).fetchone() is not None
+    weekly = conn.execute("SELECT day_of_week, start_time_local, end_time_local FROM business_hours "
+                          "WHERE store_id = ? ORDER BY day_of_week, start_time_local", (store_id,)).fetchall()
+    zone = conn.execute("SELECT timezone_str FROM timezones WHERE store_id = ?", (store_id,)).fetchone()
+    special = conn.execute("SELECT date, start_time_local, end_time_local FROM special_hours "
+                           "WHERE store_id = ? ORDER BY date, start_time_local", (store_id,)).fetchall()
+    return {"polled": polled, "weekly": [tuple(row) for row in weekly], "has_zone_row": zone is not None,
+            "timezone": None if zone is None else zone[0], "special": [tuple(row) for row in special]}
+
+
+@contextmanager
+def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction (one snapshot for several queries), unless the caller holds one already."""
+    if conn.in_transaction:
+        yield
+    else:
+        with transaction(conn, immediate=False):
+            yield
+
+
+def data_facts(conn: sqlite3.Connection, loads: int) -> dict:
+    """What the database holds, in one snapshot: stores (polled), polls, first_us and last_us, stores
+    without hours, [(trimmed zone text, stores)], special rows and their stores, stores not polled (hours or
+    zone only), and the latest `loads` load summaries."""
+    with _snapshot(conn):
+        stores = conn.execute("SELECT COUNT(*) FROM stores").fetchone()[0]
+        polls = conn.execute("SELECT COALESCE(SUM(length(polls)), 0) / 8 FROM poll_blocks").fetchone()[0]
+        first, last = conn.execute("""
+            SELECT MIN((SELECT MIN(p.timestamp_us) FROM store_status p WHERE p.store_key = s.store_key)),
+                   MAX((SELECT MAX(p.timestamp_us) FROM store_status p WHERE p.store_key = s.store_key))
+            FROM stores s""").fetchone()
+        without_hours = conn.execute("""SELECT COUNT(*) FROM stores s WHERE NOT EXISTS
+            (SELECT 1 FROM business_hours h WHERE h.store_id = s.store_id)""").fetchone()[0]
+        zones = conn.execute("""SELECT TRIM(COALESCE(z.timezone_str, '')) AS zone, COUNT(*) FROM stores s
+            LEFT JOIN timezones z ON z.store_id = s.store_id GROUP BY 1""").fetchall()
+        special_rows, special_stores = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT store_id) FROM special_hours").fetchone()
+        not_polled = conn.execute("""SELECT COUNT(*) FROM (
+            SELECT store_id FROM business_hours UNION SELECT store_id FROM timezones) AS k
+            WHERE NOT EXISTS (SELECT 1 FROM stores s WHERE s.store_id = k.store_id)""").fetchone()[0]
+        recent = recent_loads(conn, limit=loads)
+    return {"stores": int(stores), "polls": int(polls), "first_us": first, "last_us": last,
+            "stores_without_hours": int(without_hours), "zones": [(row[0], int(row[1])) for row in zones],
+            "special_hours_rows": int(special_rows), "stores_with_special_hours": int(special_stores),
+            "stores_not_polled": int(not_polled), "loads": recent}
+
+
+def start_report_attempt(conn: sqlite3.Connection, report_id: str, owner: str, *, lease_until: float,
+                         max_attempts: int, exhausted_error: str, owner_prefix: str) -> dict | None:
+    """Start a job for a worker that was handed it (cluster mode: a Celery start task), not one that
+    claimed it from the table: set it Running for `owner` under `lease_until`, count the attempt and record
+    it in `report_attempts` (closing an open one as 'worker lost': its worker died before the task was
+    acknowledged). Returns the job as it now is; None when there is nothing to start (no such job, it
+    ended, or an owner not starting with `owner_prefix` runs it); a job whose attempts already reached
+    `max_attempts` is marked Failed with `exhausted_error` and returned as such."""
+    stamp = utc_now_iso()
+    with _write(conn):   # BEGIN IMMEDIATE: two deliveries of one start task take turns
+        job = get_report_job(conn, report_id)
+        if job is None or job["status"] not in ("Queued", "Running"):
+            return None
+        if job["status"] == "Running" and not str(job.get("owner") or "").startswith(owner_prefix):
+            return None
+        if job["status"] == "Running" and job["attempts"] >= max_attempts:
+            mark_report_failed(conn, report_id, exhausted_error)
+            return get_report_job(conn, report_id)
+        _end_attempt(conn, report_id, "worker lost", stamp)
+        conn.execute("UPDATE reports SET status = 'Running', owner = ?, lease_until = ?, started_at = ?, "
+                     "attempts = attempts + 1 WHERE report_id = ?", (owner, lease_until, stamp, report_id))
+        conn.execute("INSERT INTO report_attempts (report_id, attempt, owner, started_at) VALUES (?, ?, ?, ?)",
+                     (report_id, job["attempts"] + 1, owner, stamp))
+        return get_report_job(conn, report_id)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 import database
+import local_servers
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -45,3 +46,39 @@ def close_database_connections(monkeypatch):
     yield
     for conn in opened:
         conn.close()
+
+
+# --- a throw-away PostgreSQL server for the tests that run on both backends (`storage_location`) -----------
+
+@pytest.fixture(scope="session")
+def postgresql_server():
+    """A PostgreSQL server started for this test session (initdb into a temporary folder, pg_ctl start on
+    a free loopback port), stopped and deleted at the end. initdb refuses to run as root: as root, the
+    server runs as the `postgres` system user. Skips when the server binaries are not installed."""
+    try:
+        server = local_servers.PostgreSQLServer()
+    except local_servers.ServerUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgresql_url(postgresql_server):
+    """The URL of a fresh, empty database on the session's PostgreSQL server, dropped after the test."""
+    url = postgresql_server.create_database()
+    yield url
+    postgresql_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_location(request, tmp_path) -> str:
+    """A fresh database of each backend, as SM_DATABASE would name it: a SQLite file in tmp_path, or a new
+    database on the session's throw-away PostgreSQL server (skipped where PostgreSQL is not installed)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite3")
+    return request.getfixturevalue("postgresql_url")

@@ -1,4 +1,5 @@
-"""The database path (read only what a report needs, write the CSV) equals the engine over all history."""
+"""The database path (read only what a report needs, write the CSV) equals the engine over all history,
+on every storage backend (SQLite, and PostgreSQL where its server binaries are installed: conftest.py)."""
 import sqlite3
 from contextlib import closing
 
@@ -10,12 +11,18 @@ import sample_data
 from report_generator import ReportError, compute_report, generate_report
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    """Three weeks of generated data (so much of it lies before the report's week), loaded into SQLite."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def loaded(request, tmp_path_factory):
+    """Three weeks of generated data (so much of it lies before the report's week), loaded into a database
+    of each backend (a PostgreSQL one on the session's throw-away server, dropped after the module)."""
     folder = tmp_path_factory.mktemp("history")
     files = sample_data.generate_dataset(folder / "csv", stores=80, days=21, seed=7, special_share=0.5)
-    path = folder / "db.sqlite3"
+    if request.param == "sqlite":
+        path = folder / "db.sqlite3"
+    else:
+        server = request.getfixturevalue("postgresql_server")
+        path = server.create_database()
+        request.addfinalizer(lambda: server.drop_database(path))
     conn = database.connect(path)
     database.load_tables(conn, files)
     # Special dates long before the week as well: with unbounded reach they decide whether an old poll
@@ -31,14 +38,28 @@ def loaded(tmp_path_factory):
     return path
 
 
+def read_table(location, sql: str, columns: list[str]) -> pd.DataFrame:
+    """A query's rows straight from the database (either backend), as a frame of `columns`."""
+    if isinstance(location, str) and location.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(location) as conn:
+            rows = conn.execute(sql).fetchall()
+    else:
+        with closing(sqlite3.connect(location)) as conn:
+            rows = conn.execute(sql).fetchall()
+    return pd.DataFrame(rows, columns=columns)
+
+
 def full_history(path):
     """Every stored row, straight from the tables, in the engine's input shape."""
-    with closing(sqlite3.connect(path)) as conn:
-        polls = pd.read_sql("""SELECT s.store_id, p.timestamp_us, p.active FROM store_status p
-                               JOIN stores s USING (store_key)""", conn)
-        hours = pd.read_sql("SELECT * FROM business_hours", conn)
-        zones = pd.read_sql("SELECT * FROM timezones", conn)
-        special = pd.read_sql("SELECT * FROM special_hours", conn)
+    polls = read_table(path, """SELECT s.store_id, p.timestamp_us, p.active FROM store_status p
+                                JOIN stores s USING (store_key)""", ["store_id", "timestamp_us", "active"])
+    hours = read_table(path, "SELECT store_id, day_of_week, start_time_local, end_time_local FROM business_hours",
+                       ["store_id", "day_of_week", "start_time_local", "end_time_local"])
+    zones = read_table(path, "SELECT store_id, timezone_str FROM timezones", ["store_id", "timezone_str"])
+    special = read_table(path, "SELECT store_id, date, start_time_local, end_time_local FROM special_hours",
+                         ["store_id", "date", "start_time_local", "end_time_local"])
     polls = pd.DataFrame({
         "store_id": polls["store_id"],
         "timestamp_utc": pd.to_datetime(polls["timestamp_us"], unit="us", utc=True),
@@ -90,9 +111,8 @@ def test_report_file_is_replaced_atomically_and_no_temporary_files_remain(loaded
     assert [p.name for p in target.parent.iterdir()] == ["r.csv"]
 
 
-def test_empty_database_is_a_clear_error(tmp_path):
-    path = tmp_path / "empty.sqlite3"
-    database.connect(path).close()
+def test_empty_database_is_a_clear_error(storage_location, tmp_path):
+    database.connect(storage_location).close()
     with pytest.raises(ReportError, match="no polls"):
-        generate_report(path, tmp_path / "r.csv")
+        generate_report(storage_location, tmp_path / "r.csv")
     assert not (tmp_path / "r.csv").exists()
