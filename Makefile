@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run dev test bench soak load clean
+.PHONY: run dev test bench soak load cluster clean
 
 $(VENV)/.installed: requirements.txt requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,12 @@ $(VENV)/.installed: requirements.txt requirements.lock
 # The production server: gunicorn, SM_WEB_WORKERS processes with their report workers (gunicorn.conf.py).
 run: $(VENV)/.installed
 	$(PY) -m gunicorn --config gunicorn.conf.py
+
+# Cluster mode on this machine (cluster.py up): Redis, two Celery workers and the web server pointed at them,
+# on SM_DATABASE (SQLite: one machine only; ARGS=--postgres starts a throw-away PostgreSQL under .cluster/pg).
+# Ctrl-C stops everything.
+cluster: $(VENV)/.installed
+	$(PY) cluster.py up $(ARGS)
 
 # Flask's development server in one process, for debugging only.
 dev: $(VENV)/.installed
@@ -33,4 +39,4 @@ load: $(VENV)/.installed
 	$(PY) database.py load $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis .cluster

@@ -33,7 +33,6 @@ import io
 import json
 import logging
 import os
-import sqlite3
 import tempfile
 import threading
 import time
@@ -51,7 +50,7 @@ import database
 import metrics
 import reports_service as service
 from config import MAX_REACH_MINUTES, Settings
-from jobs import QueueFull, ReportJobs, iso_utc
+from jobs import BrokerUnavailable, QueueFull, ReportJobs, iso_utc
 
 log = logging.getLogger("store_monitoring.app")
 
@@ -418,15 +417,16 @@ def wants_csv() -> bool:
 
 
 def send_report(job: dict):
-    name = job.get("file")
-    reports_dir = Path(settings().reports_dir).resolve()
     # The name comes from the jobs table (written as "<uuid>.csv" by jobs.py); still refuse anything
-    # that is not a plain file name inside the reports directory.
+    # that is not a plain file name inside the reports directory (report_file_path). A report made by a
+    # Celery worker (cluster mode, any host) is taken from the database when this folder lacks it.
+    name = job.get("file")
     if not name or Path(name).name != name:
         raise ApiError(404, "the report file is not available")
-    path = reports_dir / name
-    if not path.is_file():
-        raise ApiError(404, "the report file is no longer available; trigger a new report")
+    try:
+        path = service.report_file_path(settings(), job)
+    except service.NotFound:
+        raise ApiError(404, "the report file is no longer available; trigger a new report") from None
     return send_file(path, mimetype="text/csv", as_attachment=True,
                      download_name=f"{job['report_id']}.csv", max_age=0)
 
@@ -452,17 +452,7 @@ def check_database() -> str:
     conn = None
     try:
         conn = database.connect(settings().database)
-        conn.execute("PRAGMA busy_timeout = 1000")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc):
-                return "ok"
-            raise
-        try:
-            conn.execute("DELETE FROM reports WHERE 0")  # a write statement that changes nothing
-        finally:
-            conn.execute("ROLLBACK")
+        database.check_writable(conn)
         return "ok"
     except Exception as exc:  # any failure is the answer
         log.warning("health check: the database cannot be written: %s", exc)
@@ -533,7 +523,8 @@ def build_api() -> APIBlueprint:
         400: _error("Body not a JSON object, unknown key, or a value outside its rule"),
         413: _error(f"Body over {MAX_TRIGGER_BYTES // 2**20} MiB"),
         415: _error("A body that is not JSON"),
-        429: _error("The queue already holds SM_QUEUE_LIMIT waiting reports", RETRY_AFTER)})
+        429: _error("The queue already holds SM_QUEUE_LIMIT waiting reports", RETRY_AFTER),
+        503: _error("Cluster mode: the report broker cannot be reached (the job is recorded as Failed)")})
     def trigger_report(body: m.TriggerRequest):
         """Start a report job"""
         params = {
@@ -548,6 +539,8 @@ def build_api() -> APIBlueprint:
             report_id = jobs().submit(params, conn=db())
         except QueueFull as exc:
             return error_response(429, str(exc), {"Retry-After": str(exc.retry_after)})
+        except BrokerUnavailable as exc:
+            return error_response(503, f"{exc.message} (report {exc.report_id})", {"Retry-After": "30"})
         response = jsonify({"report_id": report_id})
         response.status_code = 202
         response.headers["Location"] = f"/get_report?report_id={report_id}"
@@ -686,6 +679,11 @@ def build_api() -> APIBlueprint:
             reasons.append(f"the database {body['database']}")
         if body["reports"] != "ok":
             reasons.append(f"the reports folder {body['reports']}")
+        broker = pool.broker_status()   # cluster mode only: the Celery broker answers
+        if broker is not None:
+            body["broker"] = broker
+            if broker != "ok":
+                reasons.append(f"the report broker is {broker}")
         if not pool.running:
             reasons.append("the report workers are not running")
         elif pool.alive() < pool.workers:

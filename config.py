@@ -20,6 +20,7 @@ DEFAULT_TIMEZONE = "America/Chicago"
 # How far a poll speaks on either side of it (semantics page, "Reach"); None is unbounded.
 DEFAULT_REACH_MINUTES = 120
 MAX_REACH_MINUTES = 7 * 24 * 60
+BROKER_SCHEMES = ("redis://", "rediss://")   # SM_BROKER_URL: Celery over Redis (cluster.py)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Settings:
     poll_reach_minutes: int | None = DEFAULT_REACH_MINUTES  # a report's reach unless it asks; None = unbounded
     report_retention_days: float = 7.0  # finished reports (rows and files) older than this are deleted
     shard_stores: int = 2000      # stores per shard of a report (report_generator.SHARD_STORES)
+    shard_polls: int = 2_000_000  # polls in the week per shard, about (report_generator.SHARD_POLLS)
     report_processes: int = min(2, os.cpu_count() or 1)  # shard processes per server process; 0: none
     web_workers: int = 2          # gunicorn worker processes (`make run`); each runs `workers` report threads
     web_threads: int = 4          # request threads per web worker process
@@ -43,6 +45,14 @@ class Settings:
     # When set, every endpoint but /health requires `Authorization: Bearer <api_token>` (app.py). Kept out
     # of the dataclass's repr so that printing the settings never shows it.
     api_token: str | None = dataclass_field(default=None, repr=False)
+    # Cluster mode (cluster.py): a redis:// URL of the Celery broker (also its result backend). None, the
+    # default, is embedded mode: the web processes run the reports in their own threads (jobs.py). Out of
+    # the repr: the URL may hold a password.
+    broker_url: str | None = dataclass_field(default=None, repr=False)
+    # Seconds after which Redis hands a task that a worker took and never acknowledged (the worker was
+    # killed) to another worker. Must exceed the longest shard or merge: a task still running then is
+    # given to a second worker too (harmless, the tasks are idempotent, but wasted work).
+    broker_visibility_timeout: int = 300
 
     # Environment variable for each field; documented in the README's configuration table.
     ENV_KEYS = {
@@ -57,11 +67,14 @@ class Settings:
         "poll_reach_minutes": "SM_POLL_REACH_MINUTES",
         "report_retention_days": "SM_REPORT_RETENTION_DAYS",
         "shard_stores": "SM_SHARD_STORES",
+        "shard_polls": "SM_SHARD_POLLS",
         "report_processes": "SM_REPORT_PROCESSES",
         "web_workers": "SM_WEB_WORKERS",
         "web_threads": "SM_WEB_THREADS",
         "job_lease_seconds": "SM_JOB_LEASE_SECONDS",
         "api_token": "SM_API_TOKEN",
+        "broker_url": "SM_BROKER_URL",
+        "broker_visibility_timeout": "SM_BROKER_VISIBILITY_TIMEOUT",
     }
 
     @classmethod
@@ -82,7 +95,7 @@ class Settings:
                 continue
             raw = raw.strip()
             if field in ("port", "workers", "queue_limit", "web_workers", "web_threads", "job_lease_seconds",
-                         "shard_stores"):
+                         "shard_stores", "shard_polls", "broker_visibility_timeout"):
                 try:
                     number = int(raw)
                 except ValueError:
@@ -105,6 +118,11 @@ class Settings:
                     raise ValueError(f"{key} must be more than 0 days, got {raw!r}")
             elif field == "database":
                 values[field] = raw if raw.startswith(("postgresql://", "postgres://")) else Path(raw).expanduser()
+            elif field == "broker_url":
+                if not raw.startswith(BROKER_SCHEMES):
+                    raise ValueError(f"{key} must be a Redis URL ({' or '.join(BROKER_SCHEMES)}...), "
+                                     f"got one starting {raw.split(':', 1)[0]!r}")
+                values[field] = raw
             elif field.endswith(("_path", "_dir")):
                 values[field] = Path(raw).expanduser()
             else:

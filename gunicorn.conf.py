@@ -3,7 +3,8 @@
 `make run` is `python -m gunicorn --config gunicorn.conf.py`. Everything comes from the SM_* settings
 (`config.py`, the README's configuration table): SM_HOST and SM_PORT are the address, SM_WEB_WORKERS the
 worker processes, SM_WEB_THREADS the request threads of each. Every worker process also runs SM_WORKERS
-report threads (`jobs.py`), which claim jobs from the job table shared by all processes. gunicorn's own
+report threads (`jobs.py`), which claim jobs from the job table shared by all processes; in cluster mode
+(SM_BROKER_URL set) none: the workers send report jobs to Celery workers instead (`cluster.py`). gunicorn's own
 options can still be given on its command line or in GUNICORN_CMD_ARGS (e.g. `--graceful-timeout 60`).
 
 Start-up (master process): gunicorn binds the port first, so a second server started on a taken port
@@ -58,6 +59,11 @@ def when_ready(server):
         server.log.error("the database could not be prepared (see above); not serving")
         sys.exit(prepared.returncode)
     # (app is not imported here: the master forks the workers and should hold no NumPy or SQLite state)
+    if _settings.broker_url:
+        server.log.info("serving on http://%s:%d with gunicorn (%d processes x %d threads; database %s; cluster "
+                        "mode: reports run in Celery workers (SM_BROKER_URL), queue limit %d)", _settings.host,
+                        _settings.port, workers, threads, _settings.database, _settings.queue_limit)
+        return
     server.log.info("serving on http://%s:%d with gunicorn (%d processes x %d threads; database %s, %d report "
                     "workers per process, queue limit %d, job lease %d s)", _settings.host, _settings.port,
                     workers, threads, _settings.database, _settings.workers, _settings.queue_limit,

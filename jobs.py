@@ -23,6 +23,13 @@ Errors: a `report_generator.ReportError` is a data problem with a message writte
 stored as the job's error. Anything else is a bug or an environment problem: the traceback goes to the
 server log and the job gets a generic message naming the report id (never a stack trace).
 
+Cluster mode (`settings.broker_url`, SM_BROKER_URL): the reports run in Celery workers (cluster.py), on
+any number of hosts. `submit()` inserts the Queued row exactly as above (the limit still counts the table),
+then sends the job's first task to the broker; when the broker cannot be reached the job is marked Failed
+and `BrokerUnavailable` is raised (the API answers 503). `start()` starts no worker threads: web processes
+in cluster mode never claim a job, so embedded lease takeover never touches a Celery-run job (whose row
+carries a lease that never runs out, see cluster.py); the sweep of old reports and stray files still runs.
+
 Threads: reports run in the worker threads themselves. The engine spends most of its time in SQLite
 and NumPy, which release the GIL, so requests stay responsive while a report runs. Each worker and the
 heartbeat have their own SQLite connection. `stop_taking()` makes the workers take no further job (a
@@ -68,6 +75,15 @@ INTERRUPTED_ERROR = ("The report was interrupted twice (the service stopped whil
                      "and was not retried again; please trigger a new report.")
 
 
+class BrokerUnavailable(Exception):
+    """Cluster mode: the report broker could not be reached; the job was recorded as Failed."""
+
+    def __init__(self, report_id: str, message: str):
+        super().__init__(message)
+        self.report_id = report_id
+        self.message = message
+
+
 class QueueFull(Exception):
     """The queue already holds `queue_limit` waiting jobs; the client should retry later."""
 
@@ -99,7 +115,10 @@ class ReportJobs:
         self.settings = settings
         self.database = settings.database
         self.reports_dir = Path(settings.reports_dir)
-        self.workers = int(settings.workers)
+        # Cluster mode: the reports run in Celery workers (cluster.py); this pool only queues and sweeps.
+        self.cluster = bool(getattr(settings, "broker_url", None))
+        self.workers = 0 if self.cluster else int(settings.workers)
+        self._sender = None                  # cluster mode: the Celery app that sends tasks (made lazily)
         self.queue_limit = int(settings.queue_limit)
         self.lease_seconds = float(settings.job_lease_seconds)
         self.poll_interval = POLL_INTERVAL
@@ -140,8 +159,12 @@ class ReportJobs:
         if self._generate is None and self.workers > 0:
             report_generator.warm_pool(self.settings.report_processes)  # shard processes, once per process
         self._started = True
-        self.log.info("report workers started: %d threads as %s (lease %g s)", self.workers, self.owner,
-                      self.lease_seconds)
+        if self.cluster:
+            self.log.info("cluster mode: reports are queued to Celery workers (SM_BROKER_URL); no report threads "
+                          "in this process (%s)", self.owner)
+        else:
+            self.log.info("report workers started: %d threads as %s (lease %g s)", self.workers, self.owner,
+                          self.lease_seconds)
         return self
 
     def stop_taking(self) -> None:
@@ -174,6 +197,9 @@ class ReportJobs:
             self.log.info("report workers stopped (%s)", self.owner)
         self._threads = [t for t in self._threads if t.is_alive()]
         self._started = False
+        if self._sender is not None:   # cluster mode: the broker connections
+            self._sender.close()
+            self._sender = None
 
     def recover(self) -> dict[str, list[str]]:
         """Sweep the job table: fail the jobs a dead process left after their last allowed attempt.
@@ -247,7 +273,8 @@ class ReportJobs:
     # --- API used by the HTTP layer -------------------------------------------------------------
 
     def submit(self, params: dict, conn=None) -> str:
-        """Record a new Queued job and wake the workers; returns its id. Raises `QueueFull`."""
+        """Record a new Queued job and wake the workers (cluster mode: send its first task to the broker);
+        returns its id. Raises `QueueFull`, and in cluster mode `BrokerUnavailable` (the job is then Failed)."""
         report_id = str(uuid.uuid4())
         own = conn is None
         conn = database.connect(self.database) if own else conn
@@ -256,11 +283,42 @@ class ReportJobs:
                 if database.count_queued_report_jobs(conn) >= self.queue_limit:
                     raise QueueFull(self.queue_limit)
                 database.create_report_job(conn, report_id, params)
+            if self.cluster:
+                self._enqueue(conn, report_id)
         finally:
             if own:
                 conn.close()
         self._wake.set()
         return report_id
+
+    def sender(self):
+        """Cluster mode: this process's Celery app for sending tasks (cluster.client), made once."""
+        with self._lock:
+            if self._sender is None:
+                import cluster  # only cluster mode needs Celery
+
+                self._sender = cluster.client(self.settings)
+            return self._sender
+
+    def _enqueue(self, conn, report_id: str) -> None:
+        """Send the job's first task; if the broker cannot be reached, fail the job, raise BrokerUnavailable."""
+        import cluster
+
+        try:
+            cluster.enqueue(self.sender(), report_id)
+        except cluster.BROKER_ERRORS as exc:
+            self.log.error("report %s: the broker cannot be reached (%s: %s); the job is marked Failed",
+                           report_id, type(exc).__name__, exc)
+            database.mark_report_failed(conn, report_id, cluster.BROKER_ERROR)
+            raise BrokerUnavailable(report_id, cluster.BROKER_ERROR) from None
+
+    def broker_status(self) -> str | None:
+        """Cluster mode: 'ok' or why the broker cannot be reached; None in embedded mode."""
+        if not self.cluster:
+            return None
+        import cluster
+
+        return cluster.broker_status(self.sender())
 
     def depth(self, conn=None) -> int:
         """Jobs waiting for their first run (Queued), in every process on this database."""
@@ -353,16 +411,12 @@ class ReportJobs:
         return True
 
     def _engine_arguments(self, params: dict) -> dict:
-        """The engine's keyword arguments from a job's stored parameters: `as_of` as a UTC Timestamp,
-        `columns` as `extended`; every other parameter is passed on under its own name."""
-        arguments = {key: value for key, value in params.items() if key not in ("as_of", "columns")}
-        arguments["as_of"] = _as_timestamp(params.get("as_of"))
-        arguments.setdefault("store_ids", None)
-        arguments["extended"] = params.get("columns") == "extended"
-        # Resolved when the job was triggered; jobs stored before reach existed use the setting.
-        arguments.setdefault("reach_minutes", self.settings.poll_reach_minutes)
+        """The engine's keyword arguments from a job's stored parameters (`engine_arguments`), with the
+        engine's own knobs from the settings."""
+        arguments = engine_arguments(self.settings, params)
         if self._generate is None:  # the engine's own knobs (a test's stand-in does not take them)
-            arguments.update(shard_stores=self.settings.shard_stores, processes=self.settings.report_processes)
+            arguments.update(shard_stores=self.settings.shard_stores, shard_polls=self.settings.shard_polls,
+                             processes=self.settings.report_processes)
         return arguments
 
     def _renew_leases(self) -> None:
@@ -389,6 +443,19 @@ class ReportJobs:
                                      len(active) - held, ", ".join(active))
         finally:
             conn.close()
+
+
+def engine_arguments(settings, params: dict) -> dict:
+    """The engine's keyword arguments from a job's stored parameters: `as_of` as a UTC Timestamp,
+    `columns` as `extended`; every other parameter is passed on under its own name. Used by the worker
+    threads here and by the Celery workers (cluster.py)."""
+    arguments = {key: value for key, value in params.items() if key not in ("as_of", "columns")}
+    arguments["as_of"] = _as_timestamp(params.get("as_of"))
+    arguments.setdefault("store_ids", None)
+    arguments["extended"] = params.get("columns") == "extended"
+    # Resolved when the job was triggered; jobs stored before reach existed use the setting.
+    arguments.setdefault("reach_minutes", settings.poll_reach_minutes)
+    return arguments
 
 
 class _ProgressWriter:

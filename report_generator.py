@@ -13,6 +13,7 @@ rounding is the final conversion to minutes/hours.
 from __future__ import annotations
 
 import csv
+import io
 import multiprocessing
 import os
 import re
@@ -837,6 +838,11 @@ def generate_timeline(location: str | Path, store_id: str, *, as_of=None,
 # -> real size 0.38 s, 10x density 1.40 s with 500 MB per shard process; 2000 -> 0.44 s, 1.16 s, 305 MB;
 # 1000 -> 0.49 s, 1.14 s, 198 MB.
 SHARD_STORES = 2000
+# Polls in the report's week per shard, at most (SM_SHARD_POLLS): a shard's memory follows its polls, about
+# 110 MB + 90 bytes a poll (bench/sizing.py: 2000 stores at 10 polls an hour, 2.3M polls, 331 MB; at 20 an
+# hour 494 MB, and 1000 stores at 20 an hour 327 MB), so this keeps a shard process near 300 MB however
+# densely stores are polled. At real size (about 120 polls a store) SHARD_STORES binds first.
+SHARD_POLLS = 2_000_000
 # Processes computing shards (SM_REPORT_PROCESSES); 0 = in the calling process, one shard after another.
 REPORT_PROCESSES = min(2, os.cpu_count() or 1)
 
@@ -917,36 +923,76 @@ def _merge_shards(results: list) -> pd.DataFrame:
     return frame
 
 
-def generate_report(location: str | Path, out_path: str | Path, *, as_of=None,
-                    store_ids: Iterable[str] | None = None, extended: bool = False,
-                    reach_minutes: int | None = DEFAULT_REACH_MINUTES, default_timezone: str = DEFAULT_TIMEZONE,
-                    progress: Callable[[float], None] | None = None, shard_stores: int | None = None,
-                    processes: int | None = None) -> ReportOutcome:
-    """Read what the report needs, compute it and write `out_path` atomically (temporary file, rename).
-
-    The stores are split into shards of at most `shard_stores` (default SHARD_STORES; the service passes
-    SM_SHARD_STORES); with more than one shard they are computed by `processes` worker processes (default
-    REPORT_PROCESSES; the service passes SM_REPORT_PROCESSES; 0 = here, one after another). Every shard reports at the same `now`, resolved once
-    here. Each shard reads its own snapshot: an ingestion committed while a report runs may be seen by some
-    shards and not others (each store's figures are still from one consistent snapshot).
+def plan_report(location: str | Path, *, shard_stores: int | None = None, shard_polls: int | None = None,
+                as_of=None, store_ids: list[str] | None = None) -> tuple[int, list]:
+    """The report's `now` (UTC microseconds: as_of, or the latest poll) and its shards: store_key ranges of
+    at most `shard_stores` stores and about `shard_polls` polls in the week (defaults SHARD_STORES,
+    SHARD_POLLS; see storage.cut_shards), or [None] for one shard over every chosen store.
+    The embedded path (generate_report) and the cluster (cluster.py) plan with this one function.
 
     Raises ReportError when there is nothing to report on (no polls at all).
     """
-    import database  # the storage layer; imported here so the engine above stays free of it
+    import database
 
-    report = progress or (lambda fraction: None)
-    started = time.perf_counter()
-    store_ids = None if store_ids is None else list(store_ids)
-    shard_stores = SHARD_STORES if shard_stores is None else shard_stores
-    processes = REPORT_PROCESSES if processes is None else processes
-    now_us, shards = database.plan_report_shards(location, shard_stores=shard_stores,
+    now_us, shards = database.plan_report_shards(location, shard_stores=SHARD_STORES if shard_stores is None
+                                                 else shard_stores,
+                                                 shard_polls=SHARD_POLLS if shard_polls is None else shard_polls,
+                                                 lookback_us=WEEK_US,
                                                  as_of_us=None if as_of is None else _to_utc_us(as_of),
                                                  store_ids=store_ids)
     if now_us is None:
         raise ReportError("no polls have been loaded yet: load store_status data first")
-    planned = time.perf_counter()
     if len(shards) <= 1:
         shards = [None]  # one shard: read every chosen store, as an unsharded report does
+    return now_us, list(shards)
+
+
+def report_meta(location: str | Path, frame: pd.DataFrame, store_ids: list[str] | None, as_of) -> dict:
+    """The job's metadata for a merged report: the frame's attrs but `now` (that is the job's as_of), and
+    the warnings (`report_warnings`). `as_of` is what the job asked for (None: the latest poll)."""
+    import database
+
+    meta = {key: value for key, value in frame.attrs.items() if key != "now"}  # `now` is as_of
+    first_poll_us = database.first_poll_us(location) if len(frame) == 0 and as_of is not None else None
+    meta["warnings"] = report_warnings(frame, store_ids, first_poll_us)
+    return meta
+
+
+def report_timings(plan_s: float, shard_wall_s: float, write_s: float, results: list) -> dict[str, float]:
+    """load: planning plus the shards' reads, compute: the rest of the shard phase (wall clock, shared out
+    in the ratio of the shards' own read and compute seconds), write: merging and writing the CSV."""
+    read_s, compute_s = sum(r[2] for r in results), sum(r[3] for r in results)
+    load_share = read_s / (read_s + compute_s) if read_s + compute_s > 0 else 0.5
+    timings = {"load": plan_s + shard_wall_s * load_share, "compute": shard_wall_s * (1 - load_share),
+               "write": write_s}
+    return {k: round(v, 4) for k, v in timings.items()}
+
+
+def generate_report(location: str | Path, out_path: str | Path, *, as_of=None,
+                    store_ids: Iterable[str] | None = None, extended: bool = False,
+                    reach_minutes: int | None = DEFAULT_REACH_MINUTES, default_timezone: str = DEFAULT_TIMEZONE,
+                    progress: Callable[[float], None] | None = None, shard_stores: int | None = None,
+                    shard_polls: int | None = None, processes: int | None = None) -> ReportOutcome:
+    """Read what the report needs, compute it and write `out_path` atomically (temporary file, rename).
+
+    The stores are split into shards of at most `shard_stores` stores and about `shard_polls` polls in the
+    week (defaults SHARD_STORES, SHARD_POLLS; the service passes SM_SHARD_STORES, SM_SHARD_POLLS); with more than one shard they are computed by `processes` worker processes (default
+    REPORT_PROCESSES; the service passes SM_REPORT_PROCESSES; 0 = here, one after another). Every shard reports at the same `now`, resolved once
+    here. Each shard reads its own snapshot: an ingestion committed while a report runs may be seen by some
+    shards and not others (each store's figures are still from one consistent snapshot).
+
+    In cluster mode (cluster.py) Celery workers run the same steps: `plan_report`, `_report_shard` per
+    shard, then `_merge_shards`, `csv_bytes`, `report_meta` and `report_timings`.
+
+    Raises ReportError when there is nothing to report on (no polls at all).
+    """
+    report = progress or (lambda fraction: None)
+    started = time.perf_counter()
+    store_ids = None if store_ids is None else list(store_ids)
+    processes = REPORT_PROCESSES if processes is None else processes
+    now_us, shards = plan_report(location, shard_stores=shard_stores, shard_polls=shard_polls, as_of=as_of,
+                                 store_ids=store_ids)
+    planned = time.perf_counter()
     job = (str(location), now_us)
     options = (store_ids, reach_minutes, default_timezone, extended)
     if len(shards) == 1 or processes < 1:
@@ -968,19 +1014,10 @@ def generate_report(location: str | Path, out_path: str | Path, *, as_of=None,
     frame = _merge_shards(results)
     write_csv_atomically(frame, Path(out_path))
     written = time.perf_counter()
-    # load: planning plus the shards' reads, compute: the rest of the shard phase (wall clock, shared out
-    # in the ratio of the shards' own read and compute seconds), write: merging and writing the CSV.
-    read_s, compute_s = sum(r[2] for r in results), sum(r[3] for r in results)
-    shard_wall = computed - planned
-    load_share = read_s / (read_s + compute_s) if read_s + compute_s > 0 else 0.5
-    timings = {"load": planned - started + shard_wall * load_share, "compute": shard_wall * (1 - load_share),
-               "write": written - computed}
-    meta = {key: value for key, value in frame.attrs.items() if key != "now"}  # `now` is as_of
-    first_poll_us = database.first_poll_us(location) if len(frame) == 0 and as_of is not None else None
-    meta["warnings"] = report_warnings(frame, store_ids, first_poll_us)
     return ReportOutcome(rows=len(frame), as_of=pd.Timestamp(now_us, unit="us", tz="UTC"),
-                         seconds=written - started, timings={k: round(v, 4) for k, v in timings.items()},
-                         meta=meta)
+                         seconds=written - started,
+                         timings=report_timings(planned - started, computed - planned, written - computed, results),
+                         meta=report_meta(location, frame, store_ids, as_of))
 
 
 WARNING_EXAMPLES = 5  # ids listed in a warning; the count says how many there are in all
@@ -1026,20 +1063,33 @@ def spreadsheet_safe(text: str) -> str:
     return "'" + text if FORMULA_START_RE.match(text) else text
 
 
-def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
-    """Readers see the old file or the whole new one, never a partial CSV."""
+def csv_bytes(frame: pd.DataFrame) -> bytes:
+    """A report's CSV file, byte for byte (UTF-8, CRLF line ends as the csv module writes them): the same
+    bytes whether written here (write_csv_atomically) or kept in the database by a cluster worker."""
+    out = io.StringIO(newline="")
+    # The csv module over plain lists: ~5x faster than DataFrame.to_csv for the float columns,
+    # and it quotes a store_id only when it must.
+    writer = csv.writer(out)
+    writer.writerow(frame.columns)
+    columns = [frame[column].tolist() for column in frame.columns]
+    columns[0] = [spreadsheet_safe(store_id) for store_id in columns[0]]
+    writer.writerows(zip(*columns))
+    return out.getvalue().encode("utf-8")
+
+
+def write_bytes_atomically(body: bytes, path: Path) -> None:
+    """Readers see the old file or the whole new one, never a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(handle, "w", newline="") as out:
-            # The csv module over plain lists: ~5x faster than DataFrame.to_csv for the float columns,
-            # and it quotes a store_id only when it must.
-            writer = csv.writer(out)
-            writer.writerow(frame.columns)
-            columns = [frame[column].tolist() for column in frame.columns]
-            columns[0] = [spreadsheet_safe(store_id) for store_id in columns[0]]
-            writer.writerows(zip(*columns))
+        with os.fdopen(handle, "wb") as out:
+            out.write(body)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
+    """Readers see the old file or the whole new one, never a partial CSV."""
+    write_bytes_atomically(csv_bytes(frame), path)

@@ -114,9 +114,12 @@ def worker_serve(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log: we poll often
-    settings = Settings.from_env(environ={}, dotenv=False, database=Path(args.db),
+    import storage
+
+    settings = Settings.from_env(environ={}, dotenv=False,
+                                 database=args.db if storage.is_postgresql(args.db) else Path(args.db),
                                  reports_dir=Path(args.reports), data_dir=Path(args.data_dir),
-                                 host="127.0.0.1", port=5000)
+                                 host="127.0.0.1", port=5000, broker_url=args.broker)
     application = app_module.create_app(settings, load_data=False)
     server = make_server("127.0.0.1", 0, application, threaded=True)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
@@ -537,6 +540,11 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for a report (default 900)")
     parser.add_argument("--keep", help="work in this directory and keep it (data, database, reports, logs)")
     parser.add_argument("--json", help="also write the raw results as JSON to this file")
+    parser.add_argument("--cluster", action="store_true",
+                        help="cluster mode instead (bench/cluster_bench.py): PostgreSQL, Redis and 1 then 2 Celery "
+                             "workers, at real size and at --cluster-scale density")
+    parser.add_argument("--cluster-scale", type=int, nargs="+", default=[1, 10],
+                        help="with --cluster: polls an hour of each data set (default 1 10)")
     return parser.parse_args(argv)
 
 
@@ -558,6 +566,7 @@ def worker_main(argv) -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--out")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--broker", help="serve: SM_BROKER_URL (cluster mode)")
     args = parser.parse_args(argv)
     return {"generate": worker_generate, "ingest": worker_ingest, "serve": worker_serve,
             "engine": worker_engine}[args.kind](args)
@@ -589,9 +598,16 @@ def main(argv=None) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        res = run(args, work, children)
-        print()
-        print(render(res))
+        if args.cluster:
+            import cluster_bench
+
+            res = cluster_bench.run(args, work, children)
+            print()
+            print(cluster_bench.render(res))
+        else:
+            res = run(args, work, children)
+            print()
+            print(render(res))
         if args.json:
             Path(args.json).write_text(json.dumps(res, indent=2, default=str))
         return 0

@@ -410,7 +410,8 @@ def test_job_parameters_reach_the_engine_by_name(settings, pools):
     arguments = pool._engine_arguments({"as_of": "2023-01-25T18:00:00Z", "store_ids": ["a"], "columns": "extended",
                                         "reach_minutes": None, "new_option": 3})
     # The real engine also gets the service's shard settings.
-    shards = {"shard_stores": settings.shard_stores, "processes": settings.report_processes}
+    shards = {"shard_stores": settings.shard_stores, "shard_polls": settings.shard_polls,
+              "processes": settings.report_processes}
     assert arguments == {"as_of": pd.Timestamp("2023-01-25 18:00", tz="UTC"), "store_ids": ["a"],
                          "extended": True, "reach_minutes": None, "new_option": 3, **shards}
     assert pool._engine_arguments({}) == {"as_of": None, "store_ids": None, "extended": False,

@@ -64,3 +64,49 @@ def test_sharded_report_of_chosen_stores(loaded, tmp_path):
         assert (tmp_path / "chosen.csv").read_bytes() == expected
         assert outcome.meta == whole.meta
     assert whole.meta["warnings"][0]["code"] == "store_ids_without_polls"
+
+
+# --- shards bounded by polls as well as stores (SM_SHARD_POLLS) --------------------------------------
+
+def test_cut_shards_by_hand():
+    from storage import cut_shards
+
+    keys, polls = [1, 2, 5, 6, 9, 10], [3, 3, 9, 1, 1, 1]
+    top = 2**63 - 1
+    # stores only: three of them a shard
+    assert cut_shards(keys, polls, shard_stores=3, shard_polls=None) == [(1, 5), (6, top)]
+    # at most 6 polls: [1, 2] holds 6; store 5 alone holds 9 (more than the limit, so a shard of its own);
+    # [6, 9, 10] holds 3
+    assert cut_shards(keys, polls, shard_stores=10, shard_polls=6) == [(1, 4), (5, 5), (6, top)]
+    # both limits: [6, 9] is full at 2 stores, so 10 starts the last shard
+    assert cut_shards(keys, polls, shard_stores=2, shard_polls=6) == [(1, 4), (5, 5), (6, 9), (10, top)]
+    assert cut_shards([], [], shard_stores=2, shard_polls=6) == []
+    with pytest.raises(ValueError):
+        cut_shards(keys, polls, shard_stores=2, shard_polls=0)
+
+
+def test_plan_estimates_the_week_polls_of_each_store(loaded):
+    """A plan by polls only: with a limit of one store's week of polls, about one store a shard; with a
+    limit above the whole week's polls, one shard."""
+    from report_generator import WEEK_US
+
+    now_us, by_store = database.plan_report_shards(loaded, shard_stores=10**6, shard_polls=None,
+                                                   lookback_us=WEEK_US)
+    assert len(by_store) == 1
+    inputs = database.read_report_inputs(loaded, lookback_us=WEEK_US)
+    week_polls = len(inputs.polls)   # the week's polls, plus one earlier poll a store
+    _, whole = database.plan_report_shards(loaded, shard_stores=10**6, shard_polls=2 * week_polls,
+                                           lookback_us=WEEK_US)
+    assert len(whole) == 1
+    _, small = database.plan_report_shards(loaded, shard_stores=10**6, shard_polls=week_polls // 10,
+                                           lookback_us=WEEK_US)
+    assert 8 <= len(small) <= 14   # estimated from week blocks, prorated: about a tenth each
+
+
+@pytest.mark.parametrize("shard_polls", [1, 500, 3000])
+def test_shards_bounded_by_polls_are_byte_identical(loaded, tmp_path, shard_polls):
+    expected, whole = unsharded(loaded, tmp_path, extended=True)
+    outcome = generate_report(loaded, tmp_path / "by-polls.csv", shard_stores=10**6, shard_polls=shard_polls,
+                              processes=0, extended=True)
+    assert (tmp_path / "by-polls.csv").read_bytes() == expected
+    assert outcome.meta == whole.meta
