@@ -329,14 +329,14 @@ def test_a_pool_process_killed_mid_shard_gives_its_shard_back(sqlite_cluster, we
         pid = int(wait_for(lambda: holding[0].read_text(), 5, "the holding pid"))
         held_shard = int(holding[0].name.rsplit(".", 1)[1])
         assert pid != w1.proc.pid
+        os.kill(pid, signal.SIGKILL)   # while it holds the shard: it cannot have finished it
+        wait_for(lambda: "WorkerLostError" in w1.log()[log_before:], 30, "w1 to see its pool process die")
         hold.unlink()   # the shard may come back to w1's new pool process: let it through then
-        os.kill(pid, signal.SIGKILL)
         job = wait_done(sqlite_cluster.location, report_id, timeout=60)
     finally:
         hold.unlink(missing_ok=True)
         (sqlite_cluster.hold / "w2.delay").unlink(missing_ok=True)
     assert w1.proc.poll() is None   # the worker itself lives on
-    assert "WorkerLostError" in w1.log()[log_before:]
     assert shard_workers(sqlite_cluster, report_id)[held_shard + 1]   # done again, by w1 or w2
     assert web.test_client().get(f"/reports/{report_id}.csv").data == sqlite_cluster.expected[False]
     assert job["rows"] == STORES
