@@ -42,9 +42,8 @@ import api
 import api_models
 import dashboard
 import database
-import storage
 from api import API, EXTENSION, ApiError, error_response
-from config import Settings
+from config import Settings, describe_database
 from jobs import ReportJobs
 
 log = logging.getLogger("store_monitoring.app")
@@ -296,7 +295,11 @@ LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def serving_message(settings: Settings, server: str) -> str:
-    return (f"serving on http://{settings.host}:{settings.port} with {server} (database {settings.database}, "
+    where = describe_database(settings.database)   # a PostgreSQL URL without its password
+    if settings.broker_url:
+        return (f"serving on http://{settings.host}:{settings.port} with {server} (database {where}; cluster mode: "
+                f"reports run in Celery workers (SM_BROKER_URL), queue limit {settings.queue_limit})")
+    return (f"serving on http://{settings.host}:{settings.port} with {server} (database {where}, "
             f"{settings.workers} report workers per process, queue limit {settings.queue_limit}, "
             f"job lease {settings.job_lease_seconds} s)")
 
@@ -326,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             log.info("%s", prepare_database(settings))
         except database.errors() as exc:
-            print(f"cannot use the database {storage.describe(settings.database)} (SM_DATABASE): {exc}",
+            print(f"cannot use the database {describe_database(settings.database)} (SM_DATABASE): {exc}",
                   file=sys.stderr)
             return 2
         except database.LoadError as exc:
@@ -355,7 +358,7 @@ def _serve_dev(settings: Settings) -> int:
     except (*database.errors(), database.LoadError) as exc:
         server.server_close()
         where = "load the data" if isinstance(exc, database.LoadError) else "use the database"
-        print(f"cannot {where} ({storage.describe(settings.database)}, {settings.data_dir}): {exc}", file=sys.stderr)
+        print(f"cannot {where} ({describe_database(settings.database)}, {settings.data_dir}): {exc}", file=sys.stderr)
         return 2
     server.app = app
 

@@ -25,8 +25,9 @@ BROKER_SCHEMES = ("redis://", "rediss://")   # SM_BROKER_URL: Celery over Redis 
 
 @dataclass(frozen=True)
 class Settings:
-    # A SQLite file (the embedded default) or a postgresql:// URL (storage/__init__.py).
-    database: Path | str = PROJECT_DIR / "store_monitoring.sqlite3"
+    # A SQLite file (the embedded default) or a postgresql:// URL (storage/__init__.py). Out of the repr: a
+    # URL may hold a password (logs show describe_database(database)).
+    database: Path | str = dataclass_field(default=PROJECT_DIR / "store_monitoring.sqlite3", repr=False)
     reports_dir: Path = PROJECT_DIR / "reports"
     data_dir: Path = PROJECT_DIR / "data"
     default_timezone: str = DEFAULT_TIMEZONE
@@ -117,7 +118,8 @@ class Settings:
                 if not values[field] > 0:
                     raise ValueError(f"{key} must be more than 0 days, got {raw!r}")
             elif field == "database":
-                values[field] = raw if raw.startswith(("postgresql://", "postgres://")) else Path(raw).expanduser()
+                # A URL stays text (Path would fold sqlite:/// into sqlite:/); a plain path is a Path.
+                values[field] = raw if "://" in raw else Path(raw).expanduser()
             elif field == "broker_url":
                 if not raw.startswith(BROKER_SCHEMES):
                     raise ValueError(f"{key} must be a Redis URL ({' or '.join(BROKER_SCHEMES)}...), "
@@ -136,6 +138,21 @@ class Settings:
                              "set: set SM_API_TOKEN (clients then send 'Authorization: Bearer <token>') or serve "
                              "on 127.0.0.1")
         return settings
+
+
+def describe_database(location) -> str:
+    """SM_DATABASE as logs and messages show it: a SQLite path as is, a URL without its password."""
+    text = str(location)
+    if "://" not in text:
+        return text
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_loopback(host: str) -> bool:

@@ -268,7 +268,7 @@ def start_report_attempt(conn, report_id: str, owner: str, *, lease_until: float
 def main(argv: list[str] | None = None) -> int:
     """`python database.py load [--db PATH] [--status P] [--hours P] [--timezones P] [--special-hours P]`,
     `... init`; without arguments, `load` (the files of the data directory)."""
-    from config import Settings
+    from config import Settings, describe_database
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     location = args.db or settings.database
-    where = storage.describe(location)
+    where = describe_database(location)
     if args.command == "init":
         try:
             connect(location).close()
@@ -341,12 +341,6 @@ def main(argv: list[str] | None = None) -> int:
         print(summary.format())
     print(f"loaded into {where} in {time.perf_counter() - started:.1f} s (one transaction)")
     return 0
-
-# --- report inputs ------------------------------------------------------------------------------------
-# Owned by the report path: reads just what one report needs, in one snapshot.
-
-POLL_COLUMNS = ["store_id", "timestamp_utc", "status"]
-HOURS_COLUMNS = ["store_id", "day_of_week", "start_time_local", "end_time_local"]
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from config import Settings  # noqa: E402
+from config import Settings, describe_database  # noqa: E402
 
 try:
     _settings = Settings.from_env()
@@ -62,11 +62,11 @@ def when_ready(server):
     if _settings.broker_url:
         server.log.info("serving on http://%s:%d with gunicorn (%d processes x %d threads; database %s; cluster "
                         "mode: reports run in Celery workers (SM_BROKER_URL), queue limit %d)", _settings.host,
-                        _settings.port, workers, threads, _settings.database, _settings.queue_limit)
+                        _settings.port, workers, threads, describe_database(_settings.database), _settings.queue_limit)
         return
     server.log.info("serving on http://%s:%d with gunicorn (%d processes x %d threads; database %s, %d report "
                     "workers per process, queue limit %d, job lease %d s)", _settings.host, _settings.port,
-                    workers, threads, _settings.database, _settings.workers, _settings.queue_limit,
+                    workers, threads, describe_database(_settings.database), _settings.workers, _settings.queue_limit,
                     _settings.job_lease_seconds)
 
 

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+import storage
 from config import Settings
 
 
@@ -81,3 +82,18 @@ def test_shard_settings():
     for key, value in (("SM_SHARD_STORES", "0"), ("SM_REPORT_PROCESSES", "-1"), ("SM_REPORT_PROCESSES", "two")):
         with pytest.raises(ValueError, match=key):
             Settings.from_env({key: value})
+
+
+def test_database_locations_and_what_logs_show():
+    from config import describe_database
+
+    settings = Settings.from_env({"SM_DATABASE": "postgresql://svc:s3cret@db.internal:5432/monitoring"})
+    assert settings.database == "postgresql://svc:s3cret@db.internal:5432/monitoring"
+    assert "s3cret" not in repr(settings)
+    assert describe_database(settings.database) == "postgresql://svc:***@db.internal:5432/monitoring"
+    assert describe_database("postgresql://svc@db/x") == "postgresql://svc@db/x"
+    # A SQLite URL stays text (a Path would fold its slashes); sqlite:////abs is an absolute path.
+    settings = Settings.from_env({"SM_DATABASE": "sqlite:////var/lib/sm/x.sqlite3"})
+    assert settings.database == "sqlite:////var/lib/sm/x.sqlite3"
+    assert str(storage.sqlite_path(settings.database)) == "/var/lib/sm/x.sqlite3"
+    assert describe_database(Path("/tmp/a.sqlite3")) == "/tmp/a.sqlite3"
