@@ -7,7 +7,23 @@ Each backend module provides the operations in OPERATIONS with the same signatur
 `tests/test_storage_contract.py` runs one suite against both. Connections are the backend's own
 (sqlite3.Connection, psycopg.Connection): pass one back only to the backend that made it. Callers use the
 facade in database.py, which picks the backend from the location or the connection. What the backends
-share (validation, summaries, reading CSVs) is in ingestion.py; what they return is defined here.
+share (validation, summaries, reading CSVs) is in ingestion.py; what they return is defined here; the
+Python they share around their own SQL (job flows, assembling the report's frames, the pages' results) is
+in storage/common.py.
+
+Transactions: `transaction(conn, immediate=True)` is one transaction on `conn`. With `immediate` it takes
+the job table's write lock at once (SQLite: BEGIN IMMEDIATE, the database's write lock; PostgreSQL: a
+transaction-level advisory lock of the job table), so a check-then-act on the job table inside it (count
+the Queued jobs, then insert; read a job, then end it) is one step against every other connection; loads
+take their own lock on PostgreSQL, so a long load does not hold up the job table there. `transaction()`
+does not nest on either backend: called inside a transaction of the same connection it raises a backend
+error (sqlite3.OperationalError; psycopg.errors.ActiveSqlTransaction), "cannot start a transaction within
+a transaction", and the outer transaction goes on. Every other operation that writes joins the caller's
+transaction when there is one (it is then part of it, committed or rolled back with it), and otherwise
+runs in a transaction of its own.
+
+Leases (`lease_until`, Unix seconds) are on one clock per database: SQLite's on its host's; PostgreSQL's on
+the database server's, whichever host claims or renews.
 """
 from __future__ import annotations
 
@@ -23,7 +39,7 @@ import pandas as pd
 # The operations every backend module defines. `location` is what SM_DATABASE holds; `conn` one of the
 # backend's connections from connect(location).
 OPERATIONS = (
-    # connections: connect(location) -> conn (schema ensured); transaction(conn, immediate=True)
+    # connections: connect(location) -> conn (schema ensured); transaction(conn, immediate=True) (see above)
     "connect", "transaction",
     # report jobs (the queue every process shares)
     "create_report_job", "get_report_job", "mark_report_running", "claim_report_job", "renew_report_leases",

@@ -11,7 +11,14 @@ How it differs from SQLite inside, not in what callers see:
   the same keys on both backends, hence the same shard plans.
 - Polls are written with COPY: each chunk's groups (one per store and instant) go into a TEMP table, and
   the categories of the summary are computed in SQL at the end against the status stored before the load.
-- Job claims lock the job row with SELECT ... FOR UPDATE SKIP LOCKED instead of taking a database lock.
+- Writes to the job table that check, then act (a claim, ending a job, deleting one, storing a shard's
+  result, and a caller's `transaction(conn)`) take a transaction-level advisory lock of the job table
+  (JOBS_LOCK), as SQLite's BEGIN IMMEDIATE takes the write lock: one at a time across processes and hosts.
+  Loads take their own lock (LOAD_LOCK), so a long load does not hold up the job table.
+- Leases are on the database server's clock (`extract(epoch from clock_timestamp())`, Unix seconds), not
+  the clock of whichever host claims or renews: hosts' clocks differ.
+- Every connection gives up after CONNECT_TIMEOUT seconds (unless the URL or PGCONNECT_TIMEOUT says
+  otherwise), not after the operating system's TCP time-out, when the server cannot be reached.
 - There is no `poll_blocks` copy of the polls: PostgreSQL reads a store's week of polls from the primary
   key index (which carries `active`, so index-only) and packs it into one bytea per store server-side.
 - Row order of the small tables follows a `seq` identity column (SQLite's rowid), so the report's reads
@@ -20,6 +27,7 @@ How it differs from SQLite inside, not in what callers see:
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -27,12 +35,12 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row, tuple_row
 
 import ingestion
 from ingestion import TableSummary
-from storage import (HOURS_COLUMNS, POLL_COLUMNS, SPECIAL_COLUMNS, ZONE_COLUMNS, ReportInputs, cut_shards,
-                     empty_frame, utc_now_iso)
+from storage import HOURS_COLUMNS, SPECIAL_COLUMNS, ZONE_COLUMNS, ReportInputs, common, cut_shards, utc_now_iso
 
 TABLES = ("stores", "store_status", "poll_counts", "business_hours", "timezones", "special_hours", "reports",
           "report_durations", "loads", "report_files", "report_parts", "report_attempts")
@@ -133,9 +141,12 @@ REPORT_COLUMNS = ("report_id", "status", "created_at", "started_at", "finished_a
                   "seconds", "timings", "meta", "progress", "attempts", "error", "file", "owner", "lease_until")
 _JOB = ", ".join(REPORT_COLUMNS)
 
-# Advisory lock keys (pg_advisory_xact_lock): creating the schema, and writing a load.
+# Advisory lock keys (pg_advisory_xact_lock): creating the schema, writing a load, checking then changing
+# the job table (see `transaction` and `_jobs`).
 SCHEMA_LOCK = 0x736D5F736368656D    # 'sm_schem'
 LOAD_LOCK = 0x736D5F6C6F616473      # 'sm_loads'
+JOBS_LOCK = 0x736D5F6A6F6273        # 'sm_jobs'
+CONNECT_TIMEOUT = 5                 # seconds a connection may take before it fails (an unreachable host)
 LOAD_WORK_MEM = "256MB"             # a load's aggregation and sort of ~2M groups stay in memory
 TEMP_BUFFERS = "256MB"              # per connection, allocated only as TEMP tables grow
 BLOCK_US = 7 * 86_400_000_000      # poll_counts' blocks: a week, as SQLite's poll_blocks
@@ -165,13 +176,21 @@ def row_factory(cursor: psycopg.Cursor):
     return lambda values: Row(zip(names, values))
 
 
+def _connect(location: str, **options) -> psycopg.Connection:
+    """psycopg.connect with a connection time-out: CONNECT_TIMEOUT seconds unless the URL (or
+    PGCONNECT_TIMEOUT) sets one. Every connection of this backend is opened here."""
+    if "connect_timeout" not in conninfo_to_dict(str(location)) and not os.environ.get("PGCONNECT_TIMEOUT"):
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    return psycopg.connect(str(location), **options)
+
+
 def connect(location: str) -> psycopg.Connection:
     """A new autocommit connection (rows as dicts, see `Row`), the schema created if missing.
 
     Several processes may connect to a new database at once: the schema is created under an advisory
     lock, in one transaction, so exactly one of them creates it and the others find it complete.
     """
-    conn = psycopg.connect(str(location), autocommit=True, row_factory=row_factory)
+    conn = _connect(location, autocommit=True, row_factory=row_factory)
     try:
         conn.execute(f"SET temp_buffers = '{TEMP_BUFFERS}'")   # before any TEMP table of this session
         cursor = conn.cursor(row_factory=tuple_row)
@@ -192,10 +211,35 @@ def _schema_complete(cursor: psycopg.Cursor) -> bool:
 
 @contextmanager
 def transaction(conn: psycopg.Connection, immediate: bool = True) -> Iterator[psycopg.Connection]:
-    """BEGIN ... COMMIT, or ROLLBACK on any exception (then re-raised). `immediate` has no PostgreSQL
-    meaning (row locks and the load lock are taken by the statements that need them)."""
+    """BEGIN ... COMMIT, or ROLLBACK on any exception (then re-raised). With `immediate` (the default) the
+    transaction first takes the job table's lock (JOBS_LOCK, held until it ends), as SQLite's BEGIN
+    IMMEDIATE takes the write lock: a caller's check-then-act on the job table (count the Queued jobs, then
+    insert one; read a job, then end it) is one step against every other process and host. Loads do not
+    take that lock, so a load in progress does not hold such a block up (nor it the load).
+
+    Like SQLite's, it does not nest: inside a transaction of the same connection it raises
+    psycopg.errors.ActiveSqlTransaction ("cannot start a transaction within a transaction") and leaves
+    that transaction as it was. The backend's own operations join a caller's transaction instead."""
+    if not _idle(conn):
+        raise psycopg.errors.ActiveSqlTransaction("cannot start a transaction within a transaction")
     with conn.transaction():
+        if immediate:
+            _lock_jobs(conn)
         yield conn
+
+
+def _lock_jobs(conn: psycopg.Connection) -> None:
+    """Take the job table's lock for the rest of the current transaction (again: a no-op)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (JOBS_LOCK,))
+
+
+@contextmanager
+def _jobs(conn: psycopg.Connection) -> Iterator[None]:
+    """One transaction holding the job table's lock, or the caller's transaction, which then takes it too:
+    what a check-then-act on the job table runs in (as SQLite's `_write`, BEGIN IMMEDIATE)."""
+    with _write(conn):
+        _lock_jobs(conn)
+        yield
 
 
 @contextmanager
@@ -233,7 +277,7 @@ def _tuples(conn: psycopg.Connection) -> psycopg.Cursor:
 def _snapshot(location: str) -> Iterator[psycopg.Cursor]:
     """A cursor in one read-only REPEATABLE READ transaction on a connection of its own (one snapshot for
     every statement), rolled back and closed afterwards. Neither creates nor migrates anything."""
-    conn = psycopg.connect(str(location), autocommit=False)
+    conn = _connect(location, autocommit=False)
     try:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -256,19 +300,11 @@ def create_report_job(conn: psycopg.Connection, report_id: str, params: dict) ->
 
 def get_report_job(conn: psycopg.Connection, report_id: str) -> dict | None:
     row = _dicts(conn).execute(f"SELECT {_JOB} FROM reports WHERE report_id = %s", (report_id,)).fetchone()
-    return None if row is None else _job_from_row(row)
+    return None if row is None else common.job_from_row(row)
 
 
 def _dicts(conn: psycopg.Connection) -> psycopg.Cursor:
     return conn.cursor(row_factory=dict_row)
-
-
-def _job_from_row(row: dict) -> dict:
-    job = dict(row)
-    job["params"] = json.loads(job["params"])
-    job["timings"] = json.loads(job["timings"]) if job["timings"] else None
-    job["meta"] = json.loads(job["meta"]) if job["meta"] else None
-    return job
 
 
 def mark_report_running(conn: psycopg.Connection, report_id: str) -> None:
@@ -277,9 +313,28 @@ def mark_report_running(conn: psycopg.Connection, report_id: str) -> None:
                  "WHERE report_id = %s", (utc_now_iso(), report_id))
 
 
-# As in SQLite: a job waits while Queued, or Running under a lease that ran out (or without one).
-_WAITING = ("(status = 'Queued' OR (status = 'Running' AND (lease_until IS NULL OR lease_until < %(now)s)))")
+# As in SQLite: a job waits while Queued, or Running under a lease that ran out (or without one). Leases
+# are Unix seconds of the database server's clock (_SERVER_NOW): the hosts' clocks differ.
+_SERVER_NOW = "extract(epoch from clock_timestamp())::float8"
+_WAITING = "(status = 'Queued' OR (status = 'Running' AND (lease_until IS NULL OR lease_until < {now})))"
 _OWNED = "owner = %(owner)s AND status = 'Running'"
+_OPEN = "status IN ('Queued', 'Running')"   # not ended yet
+# A job a claim may run: a Running one taken over only below its maximum of attempts.
+_CLAIMABLE = "(status = 'Queued' OR attempts < %(max)s)"
+# The statements of the job flows shared with the other backend (storage/common.py).
+_SQL = common.JobStatements(
+    end_attempt="UPDATE report_attempts SET ended_at = %(stamp)s, outcome = %(outcome)s "
+                "WHERE report_id = %(id)s AND ended_at IS NULL",
+    add_attempt="INSERT INTO report_attempts (report_id, attempt, owner, started_at) "
+                "VALUES (%(id)s, %(attempt)s, %(owner)s, %(stamp)s)",
+    add_duration="INSERT INTO report_durations (finished_at, seconds) VALUES (%(stamp)s, %(seconds)s)",
+    start="UPDATE reports SET status = 'Running', owner = %(owner)s, lease_until = %(lease)s, "
+          "started_at = %(stamp)s, attempts = attempts + 1 WHERE report_id = %(id)s",
+    complete="UPDATE reports SET status = 'Complete', finished_at = %(stamp)s, progress = 1, file = %(file)s, "
+             "rows = %(rows)s, as_of = %(as_of)s, seconds = %(seconds)s, timings = %(timings)s, meta = %(meta)s, "
+             "error = NULL, lease_until = NULL WHERE report_id = %(id)s",
+    fail="UPDATE reports SET status = 'Failed', finished_at = %(stamp)s, error = %(error)s, lease_until = NULL "
+         "WHERE report_id = %(id)s")
 
 
 def claim_report_job(conn: psycopg.Connection, owner: str, lease_seconds: float, *, max_attempts: int,
@@ -288,47 +343,48 @@ def claim_report_job(conn: psycopg.Connection, owner: str, lease_seconds: float,
 
     Same contract as SQLite's: Running under a lease of `lease_seconds`, the attempt counted and recorded
     in `report_attempts` (the taken-over attempt closed as 'lease expired'); a taken-over job whose attempts
-    reached `max_attempts` is marked Failed with `exhausted_error` instead; a live lease is never taken.
-    Claimers do not queue behind each other: SELECT ... FOR UPDATE SKIP LOCKED passes over a job another
-    claimer holds, and re-checks a row changed since the statement began (READ COMMITTED).
+    reached `max_attempts` is marked Failed with `exhausted_error` instead, and is never claimed again; a
+    live lease is never taken. Leases are on the database server's clock. Claims take the job table's
+    lock (JOBS_LOCK, as SQLite's BEGIN IMMEDIATE), so they are one step against callers' check-then-act
+    blocks; SKIP LOCKED still passes over a row another session holds for a moment (a progress update).
+    Inside a caller's transaction, part of it.
     """
     cursor = _dicts(conn)
-    if cursor.execute(f"SELECT 1 FROM reports WHERE {_WAITING} LIMIT 1", {"now": time.time()}).fetchone() is None:
+    waiting = _WAITING.format(now=_SERVER_NOW)
+    if cursor.execute(f"SELECT 1 FROM reports WHERE {waiting} LIMIT 1").fetchone() is None:
         return None
-    with transaction(conn):
-        now, stamp = time.time(), utc_now_iso()
+    with _jobs(conn):
+        now = cursor.execute(f"SELECT {_SERVER_NOW} AS now").fetchone()["now"]
+        stamp, waiting = utc_now_iso(), _WAITING.format(now="%(now)s")
         exhausted = cursor.execute(
             "UPDATE reports SET status = 'Failed', finished_at = %(stamp)s, error = %(error)s, lease_until = NULL "
             "WHERE report_id IN (SELECT report_id FROM reports "
-            f"  WHERE status = 'Running' AND {_WAITING} AND attempts >= %(max)s FOR UPDATE SKIP LOCKED) "
+            f"  WHERE status = 'Running' AND {waiting} AND attempts >= %(max)s FOR UPDATE SKIP LOCKED) "
             "RETURNING report_id",
             {"stamp": stamp, "error": exhausted_error, "now": now, "max": max_attempts}).fetchall()
         for row in exhausted:
-            _end_attempt(conn, row["report_id"], "lease expired", stamp)
+            common.end_attempt(conn, _SQL, row["report_id"], "lease expired", stamp)
         row = cursor.execute(
             "UPDATE reports SET status = 'Running', owner = %(owner)s, lease_until = %(lease)s, "
             "started_at = %(stamp)s, progress = 0, attempts = attempts + 1 "
-            f"WHERE report_id = (SELECT report_id FROM reports WHERE {_WAITING} "
+            f"WHERE report_id = (SELECT report_id FROM reports WHERE {waiting} AND {_CLAIMABLE} "
             "  ORDER BY created_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED) "
             f"RETURNING {_JOB}",
-            {"owner": owner, "lease": now + lease_seconds, "stamp": stamp, "now": now}).fetchone()
-        if row is None:
-            return None
-        job = _job_from_row(row)
-        _end_attempt(conn, job["report_id"], "lease expired", stamp)  # the attempt of a dead process, if any
-        conn.execute("INSERT INTO report_attempts (report_id, attempt, owner, started_at) VALUES (%s, %s, %s, %s)",
-                     (job["report_id"], job["attempts"], owner, stamp))
-    return job
+            {"owner": owner, "lease": now + lease_seconds, "stamp": stamp, "now": now, "max": max_attempts}
+        ).fetchone()
+        return None if row is None else common.record_claim(conn, _SQL, row, owner, stamp)
 
 
 def renew_report_leases(conn: psycopg.Connection, owner: str, report_ids, lease_seconds: float) -> int:
-    """Extend the leases of `owner`'s Running jobs among `report_ids`; returns how many it still holds."""
+    """Extend the leases of `owner`'s Running jobs among `report_ids` (to the server's clock + `lease_seconds`);
+    returns how many it still holds."""
     ids = list(report_ids)
     if not ids:
         return 0
     return conn.execute(
-        "UPDATE reports SET lease_until = %s WHERE owner = %s AND status = 'Running' AND report_id = ANY(%s::text[])",
-        (time.time() + lease_seconds, owner, ids)).rowcount
+        f"UPDATE reports SET lease_until = {_SERVER_NOW} + %s "
+        "WHERE owner = %s AND status = 'Running' AND report_id = ANY(%s::text[])",
+        (float(lease_seconds), owner, ids)).rowcount
 
 
 def count_queued_report_jobs(conn: psycopg.Connection) -> int:
@@ -343,42 +399,23 @@ def set_report_progress(conn: psycopg.Connection, report_id: str, progress: floa
 def mark_report_complete(conn: psycopg.Connection, report_id: str, *, file: str, rows: int, as_of: str,
                          seconds: float, timings: dict | None = None, meta: dict | None = None,
                          owner: str | None = None) -> bool:
-    """Complete the job; with `owner`, only if that owner still holds it. Returns whether it did."""
-    stamp = utc_now_iso()
-    with _write(conn):
-        done = conn.execute(
-            "UPDATE reports SET status = 'Complete', finished_at = %(stamp)s, progress = 1, file = %(file)s, "
-            "rows = %(rows)s, as_of = %(as_of)s, seconds = %(seconds)s, timings = %(timings)s, meta = %(meta)s, "
-            f"error = NULL, lease_until = NULL WHERE report_id = %(id)s{_owned_by(owner)}",
-            {"stamp": stamp, "file": file, "rows": rows, "as_of": as_of, "seconds": seconds,
-             "timings": json.dumps(timings or {}), "meta": json.dumps(meta or {}), "id": report_id,
-             "owner": owner}).rowcount == 1
-        if done:
-            _end_attempt(conn, report_id, "Complete", stamp)
-            conn.execute("INSERT INTO report_durations (finished_at, seconds) VALUES (%s, %s)", (stamp, seconds))
-    return done
+    """As SQLite's (with `owner` only while it holds the job, else only a job not ended), checked and
+    changed under the job table's lock."""
+    with _jobs(conn):
+        return common.complete_job(conn, _SQL, _owned_by(owner), report_id, owner, file=file, rows=rows, as_of=as_of,
+                                   seconds=seconds, timings=timings, meta=meta)
 
 
 def mark_report_failed(conn: psycopg.Connection, report_id: str, error: str, owner: str | None = None) -> bool:
-    """Fail the job; with `owner`, only if that owner still holds it. Returns whether it did."""
-    stamp = utc_now_iso()
-    with _write(conn):
-        done = conn.execute(
-            "UPDATE reports SET status = 'Failed', finished_at = %(stamp)s, error = %(error)s, lease_until = NULL "
-            f"WHERE report_id = %(id)s{_owned_by(owner)}",
-            {"stamp": stamp, "error": error, "id": report_id, "owner": owner}).rowcount == 1
-        if done:
-            _end_attempt(conn, report_id, "Failed", stamp)
-    return done
+    """As SQLite's (with `owner` only while it holds the job, else only a job not ended), under the job
+    table's lock."""
+    with _jobs(conn):
+        return common.fail_job(conn, _SQL, _owned_by(owner), report_id, error, owner)
 
 
 def _owned_by(owner: str | None) -> str:
-    return "" if owner is None else f" AND {_OWNED}"
-
-
-def _end_attempt(conn: psycopg.Connection, report_id: str, outcome: str, stamp: str) -> None:
-    conn.execute("UPDATE report_attempts SET ended_at = %s, outcome = %s WHERE report_id = %s AND ended_at IS NULL",
-                 (stamp, outcome, report_id))
+    """The condition an ending of a job adds: held by `owner`, or (without one) not ended yet."""
+    return f" AND {_OPEN}" if owner is None else f" AND {_OWNED}"
 
 
 def report_attempts(conn: psycopg.Connection, report_id: str | None = None) -> list[dict]:
@@ -391,19 +428,15 @@ def report_attempts(conn: psycopg.Connection, report_id: str | None = None) -> l
 def inspect_report_jobs(location: str) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     """Every job row as stored (JSON columns as text, as SQLite's) by id, and every job's attempts in
     order. A plain connection: it neither creates nor migrates anything."""
-    with psycopg.connect(str(location), autocommit=True, row_factory=dict_row) as conn:
-        jobs = {row["report_id"]: dict(row) for row in conn.execute(f"SELECT {_JOB} FROM reports")}
-        attempts: dict[str, list[dict]] = {}
-        for attempt in report_attempts(conn):
-            attempts.setdefault(attempt["report_id"], []).append(attempt)
-    return jobs, attempts
+    with _connect(location, autocommit=True, row_factory=dict_row) as conn:
+        return common.job_table(conn.execute(f"SELECT {_JOB} FROM reports").fetchall(), report_attempts(conn))
 
 
 def waiting_report_jobs(conn: psycopg.Connection) -> list[dict]:
     """Jobs waiting for a worker now (Queued, or Running under a lease that ran out), oldest first."""
-    rows = _dicts(conn).execute(f"SELECT {_JOB} FROM reports WHERE {_WAITING} ORDER BY created_at, seq",
-                                {"now": time.time()}).fetchall()
-    return [_job_from_row(row) for row in rows]
+    rows = _dicts(conn).execute(f"SELECT {_JOB} FROM reports WHERE {_WAITING.format(now=_SERVER_NOW)} "
+                                "ORDER BY created_at, seq").fetchall()
+    return [common.job_from_row(row) for row in rows]
 
 
 def list_report_jobs(conn: psycopg.Connection, *, limit: int, offset: int = 0) -> tuple[list[dict], int]:
@@ -413,17 +446,17 @@ def list_report_jobs(conn: psycopg.Connection, *, limit: int, offset: int = 0) -
     rows = _dicts(conn).execute(
         f"SELECT {_JOB} FROM reports ORDER BY created_at DESC, seq DESC LIMIT %s OFFSET %s",
         (None if limit < 0 else limit, max(offset, 0))).fetchall()
-    return [_job_from_row(row) for row in rows], total
+    return [common.job_from_row(row) for row in rows], total
 
 
 def delete_report_job(conn: psycopg.Connection, report_id: str) -> dict | None:
     """Remove a job, its attempts, kept file and shard results; returns the job as it was (None if none)."""
-    with transaction(conn):
+    with _jobs(conn):
         row = _dicts(conn).execute(f"DELETE FROM reports WHERE report_id = %s RETURNING {_JOB}",
                                    (report_id,)).fetchone()
         for table in ("report_attempts", "report_files", "report_parts"):
             conn.execute(f"DELETE FROM {table} WHERE report_id = %s", (report_id,))
-    return None if row is None else _job_from_row(row)
+    return None if row is None else common.job_from_row(row)
 
 
 def store_report_file(conn: psycopg.Connection, report_id: str, body: bytes) -> None:
@@ -441,11 +474,13 @@ def report_file(conn: psycopg.Connection, report_id: str) -> bytes | None:
 def store_report_part(conn: psycopg.Connection, report_id: str, shard: int, shards: int, body: bytes,
                       progress_share: float = 0.9) -> None:
     """Keep one shard's result (a shard run twice is stored once) and set the job's progress to
-    `progress_share` times the fraction of its `shards` stored, in one transaction."""
-    with _write(conn):
-        conn.execute("INSERT INTO report_parts (report_id, shard, body) VALUES (%s, %s, %s) "
+    `progress_share` times the fraction of its `shards` stored, in one transaction. Only while the job is
+    Running (checked under the job table's lock, so not between a merge's check and its completion)."""
+    with _jobs(conn):
+        conn.execute("INSERT INTO report_parts (report_id, shard, body) SELECT %(id)s, %(shard)s, %(body)s "
+                     "WHERE EXISTS (SELECT 1 FROM reports WHERE report_id = %(id)s AND status = 'Running') "
                      "ON CONFLICT (report_id, shard) DO UPDATE SET body = excluded.body",
-                     (report_id, shard, bytes(body)))
+                     {"id": report_id, "shard": shard, "body": bytes(body)})
         conn.execute("UPDATE reports SET progress = %s::float8 * (SELECT COUNT(*) FROM report_parts "
                      "WHERE report_id = %s) / %s::float8 WHERE report_id = %s AND status = 'Running'",
                      (float(progress_share), report_id, shards, report_id))
@@ -467,8 +502,9 @@ def finished_report_jobs_before(conn: psycopg.Connection, finished_before: str) 
 
 
 def live_report_attempts(conn: psycopg.Connection) -> set[tuple[str, int]]:
+    """(report_id, attempt) of the jobs Running under a live lease (on the server's clock)."""
     return {(row[0], row[1]) for row in _tuples(conn).execute(
-        "SELECT report_id, attempts FROM reports WHERE status = 'Running' AND lease_until >= %s", (time.time(),))}
+        f"SELECT report_id, attempts FROM reports WHERE status = 'Running' AND lease_until >= {_SERVER_NOW}")}
 
 
 # --- writing loads ----------------------------------------------------------------------------------
@@ -532,11 +568,8 @@ def _store_keys(cursor: psycopg.Cursor, store_ids: pd.Index) -> np.ndarray:
 
 
 def ingest_store_status(conn: psycopg.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
-    """Validate polls (raw text columns store_id, status, timestamp_utc) and append them in one transaction.
-
-    A poll already stored for the same store and instant is kept once; if the statuses differ, inactive
-    wins (also between duplicate rows of the frame). Returns the load summary.
-    """
+    """As SQLite's (polls appended in one transaction, inactive winning), under the load lock; a load of
+    many polls in a transaction of its own is followed by `_tidy`."""
     started = time.perf_counter()
     frame = ingestion._check_columns(frame, "store_status", source)
     summary = ingestion._start_summary(frame, "store_status", source)
@@ -632,12 +665,10 @@ class _StatusLoad:
         self.cursor.execute(LOAD_GROUPS_TABLE)
 
     def add(self, frame: pd.DataFrame, last: bool) -> None:
-        uniques, codes, micros, active = ingestion.status_rows(frame, self.summary)
-        if not len(codes):
+        groups = common.chunk_groups(frame, self.summary, lambda uniques: _store_keys(self.cursor, uniques))
+        if groups is None:
             return
-        keys = _store_keys(self.cursor, uniques)[codes]
-        del codes
-        keys, micros, has_active, has_inactive, rows = ingestion.poll_groups(keys, micros, active)
+        keys, micros, has_active, has_inactive, rows = groups
         _copy_binary(self.cursor, "COPY load_groups FROM STDIN (FORMAT binary)",
                      [(keys, "int8"), (micros, "int8"), (has_active, "bool"), (has_inactive, "bool"),
                       (rows, "int4")])
@@ -670,13 +701,12 @@ class _StatusLoad:
 
 def _record_load(conn: psycopg.Connection, summary: TableSummary, started: float) -> None:
     """Log what a load of one table said, in the load's own transaction (see `loads`, `metrics_facts`)."""
-    summary.seconds = time.perf_counter() - started
-    conn.execute("INSERT INTO loads (finished_at, table_name, summary) VALUES (%s, %s, %s)",
-                 (utc_now_iso(), summary.table, json.dumps(summary.to_dict())))
+    common.record_load(conn, "INSERT INTO loads (finished_at, table_name, summary) "
+                             "VALUES (%(finished_at)s, %(table)s, %(summary)s)", summary, started)
 
 
 def ingest_business_hours(conn: psycopg.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
-    """Validate business hours and replace, in one transaction, the rows of every store with a valid row."""
+    """As SQLite's (every store's rows replaced by the file's), under the load lock, the new rows COPYed."""
     started = time.perf_counter()
     summary, unique = ingestion.business_hours_rows(frame, source)
     with _write(conn):
@@ -693,7 +723,7 @@ def ingest_business_hours(conn: psycopg.Connection, frame: pd.DataFrame, source:
 
 
 def ingest_timezones(conn: psycopg.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
-    """Validate store timezones and replace those stores' rows in one transaction (last row per store wins)."""
+    """As SQLite's (the last row per store wins), under the load lock: an upsert from a COPYed TEMP table."""
     started = time.perf_counter()
     summary, unique = ingestion.timezone_rows(frame, source)
     with _write(conn):
@@ -716,8 +746,8 @@ def ingest_timezones(conn: psycopg.Connection, frame: pd.DataFrame, source: str 
 
 
 def ingest_special_hours(conn: psycopg.Connection, frame: pd.DataFrame, source: str = "<request>") -> TableSummary:
-    """Validate special hours and replace, in one transaction, the stored rows of every (store, date) that
-    has a valid row; other dates are kept."""
+    """As SQLite's (the rows of every (store, date) in the file replaced, other dates kept), under the load
+    lock, the new rows COPYed."""
     started = time.perf_counter()
     summary, unique = ingestion.special_hours_rows(frame, source)
     pairs = unique[["store_id", "date"]].drop_duplicates()
@@ -747,15 +777,10 @@ def load_files(conn: psycopg.Connection, status=None, hours=None, timezones=None
     LoadError midway (or any error) leaves the database as it was, other tables of the call included.
     """
     sources = ingestion.open_sources(status, hours, timezones, special_hours, name=name)
-    summaries = []
     own_transaction = _idle(conn)
     with _write(conn):
         _begin_load(conn)
-        for table, source in sources:
-            if table == "store_status":
-                summaries.append(_ingest_status_csv(conn, *source, progress=progress))
-            else:
-                summaries.append(INGEST[table](conn, source, source=source.attrs["source"]))
+        summaries = common.load_sources(conn, sources, _ingest_status_csv, INGEST, progress)
     if own_transaction:
         _tidy(conn, summaries)
     return summaries
@@ -787,25 +812,18 @@ def metrics_facts(conn: psycopg.Connection, report_seconds_buckets) -> dict:
     buckets, rows ingested by table and outcome."""
     cursor = _tuples(conn)
     with _one_snapshot(conn):
-        jobs = dict(cursor.execute("SELECT status, COUNT(*) FROM reports GROUP BY status").fetchall())
+        jobs = cursor.execute("SELECT status, COUNT(*) FROM reports GROUP BY status").fetchall()
         bounds = [float(bound) for bound in report_seconds_buckets]
         count, total, *at_most = cursor.execute(
             "SELECT COUNT(*), COALESCE(SUM(seconds), 0)"
             + "".join(", COUNT(*) FILTER (WHERE seconds <= %s)" for _ in bounds) + " FROM report_durations",
             bounds).fetchone()
-        outcomes = ("new", "already_stored", "changed", "conflicting", "duplicates")
         loads = cursor.execute(f"""
-            SELECT table_name, {', '.join(f"SUM((summary::jsonb ->> '{o}')::bigint)" for o in outcomes)},
+            SELECT table_name,
+                   {', '.join(f"SUM((summary::jsonb ->> '{o}')::bigint)" for o in common.LOAD_OUTCOMES)},
                    SUM((SELECT COALESCE(SUM(value::bigint), 0) FROM jsonb_each_text(summary::jsonb -> 'rejected')))
             FROM loads GROUP BY table_name""").fetchall()
-    rows: dict[tuple[str, str], int] = {}
-    for table, *values in loads:
-        for outcome, value in zip(outcomes + ("rejected",), values):
-            rows[(table, outcome)] = int(value or 0)
-    return {"jobs_by_status": jobs,
-            "report_seconds": {"buckets": list(zip(report_seconds_buckets, at_most)), "count": count,
-                               "sum": float(total)},
-            "rows_ingested": rows}
+    return common.metrics_facts(jobs, list(report_seconds_buckets), count, total, at_most, loads)
 
 
 # --- the report's reads -------------------------------------------------------------------------------
@@ -846,7 +864,7 @@ def plan_report_shards(location: str, *, shard_stores: int, shard_polls: int | N
     with _snapshot(location) as cursor:
         now_us = _latest_poll_us(cursor) if as_of_us is None else as_of_us
         keys = [key for key, in cursor.execute(f"{chosen} SELECT store_key FROM chosen ORDER BY store_key", params)]
-        polls = np.zeros(len(keys), np.int64)
+        counted = np.empty((0, 2))
         if shard_polls is not None and now_us is not None and keys:
             start = now_us - lookback_us
             counted = np.array(cursor.execute(f"""
@@ -856,10 +874,8 @@ def plan_report_shards(location: str, *, shard_stores: int, shard_polls: int | N
                 FROM poll_counts WHERE block BETWEEN %(first)s AND %(last)s GROUP BY store_key""",
                 {"start": start, "end": now_us, "first": start // BLOCK_US, "last": now_us // BLOCK_US}
             ).fetchall(), dtype=np.float64).reshape(-1, 2)
-            at = np.searchsorted(keys, counted[:, 0].astype(np.int64))
-            found = (at < len(keys)) & (np.asarray(keys)[np.minimum(at, len(keys) - 1)] == counted[:, 0])
-            polls[at[found]] = np.ceil(counted[found, 1]).astype(np.int64)
-    return now_us, cut_shards(keys, polls, shard_stores=shard_stores, shard_polls=shard_polls)
+    return now_us, cut_shards(keys, common.polls_per_key(keys, counted), shard_stores=shard_stores,
+                              shard_polls=shard_polls)
 
 
 def read_report_inputs(location: str, *, lookback_us: int, as_of_us: int | None = None,
@@ -886,8 +902,7 @@ def read_report_inputs(location: str, *, lookback_us: int, as_of_us: int | None 
     with _snapshot(location) as cursor:
         now_us = _latest_poll_us(cursor) if as_of_us is None else int(as_of_us)
         if now_us is None:
-            return ReportInputs(*(empty_frame(columns) for columns in (POLL_COLUMNS, HOURS_COLUMNS, ZONE_COLUMNS)),
-                                None)
+            return common.empty_report_inputs()
         week_start = now_us - int(lookback_us)
         args = {**params, "start": week_start, "now": now_us}
         stores = cursor.execute(f"{chosen} SELECT store_key, store_id FROM chosen ORDER BY store_key", params
@@ -934,23 +949,8 @@ def read_report_inputs(location: str, *, lookback_us: int, as_of_us: int | None 
         if np.any(same_store & ((packed[1:] >> 1) <= (packed[:-1] >> 1))):   # not in time order: sort
             order_ = np.lexsort((packed >> 1, block_keys))
             block_keys, packed = block_keys[order_], packed[order_]
-    # Each store's earlier poll goes just before its recent ones: the polls stay in (store, time) order.
-    at = np.searchsorted(block_keys, before_keys, side="left")
-    keys = np.insert(block_keys, at, before_keys)
-    packed = np.insert(packed, at, before)
-    t_us, active = packed >> 1, (packed & 1).astype(np.int8)
-    store_keys = np.array([key for key, _ in stores], dtype=np.int64)
-    position = np.full(int(store_keys.max(initial=-1)) + 1, -1, np.int64)
-    position[store_keys] = np.arange(len(store_keys))
-    polls = pd.DataFrame({
-        "store_id": pd.Categorical.from_codes(position[keys], categories=[store_id for _, store_id in stores]),
-        "timestamp_utc": pd.Series(t_us.astype("datetime64[us]")).dt.tz_localize("UTC"),
-        "status": pd.Categorical.from_codes(active, categories=["inactive", "active"]),
-    })
-    hours = pd.DataFrame(hours_rows, columns=HOURS_COLUMNS, dtype=object)
-    zones = pd.DataFrame(zone_rows, columns=ZONE_COLUMNS, dtype=object)
-    special = pd.DataFrame(special_rows, columns=SPECIAL_COLUMNS, dtype=object)
-    return ReportInputs(polls, hours, zones, pd.Timestamp(now_us, unit="us", tz="UTC"), special)
+    return common.report_inputs(now_us, stores, block_keys, packed, before_keys, before, hours_rows, zone_rows,
+                                special_rows)
 
 
 def _binary_rows(cursor: psycopg.Cursor, statement: str, params: dict) -> list[tuple]:
@@ -977,7 +977,7 @@ START_LOCK = 0x736D5F7374617274     # 'sm_start'
 def start_up_lock(location: str) -> Iterator[None]:
     """Held while a starting service creates the schema and loads a first data set, so that processes
     starting together, on any hosts, take turns: a session advisory lock on a connection of its own."""
-    with psycopg.connect(str(location), autocommit=True) as conn:
+    with _connect(location, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (START_LOCK,))
         try:
             yield
@@ -1000,14 +1000,10 @@ def latest_complete_report_id(conn: psycopg.Connection) -> str | None:
     return None if row is None else row[0]
 
 
-def _like_pattern(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def find_stores(conn: psycopg.Connection, text: str, limit: int) -> tuple[int, list[tuple]]:
     """Polled stores whose id contains `text` (case-insensitive), those starting with it first, then by id
     (byte order, as SQLite's): (how many match, [(store_id, has business hours, timezone_str or None)])."""
-    pattern, prefix = "%" + _like_pattern(text) + "%", _like_pattern(text) + "%"
+    pattern, prefix = "%" + common.like_pattern(text) + "%", common.like_pattern(text) + "%"
     cursor = _tuples(conn)
     with _one_snapshot(conn):
         total = cursor.execute("SELECT COUNT(*) FROM stores WHERE store_id ILIKE %s", (pattern,)).fetchone()[0]
@@ -1018,7 +1014,7 @@ def find_stores(conn: psycopg.Connection, text: str, limit: int) -> tuple[int, l
             FROM stores s WHERE s.store_id ILIKE %(pattern)s
             ORDER BY s.store_id ILIKE %(prefix)s DESC, s.store_id COLLATE "C" LIMIT %(limit)s""",
                               {"pattern": pattern, "prefix": prefix, "limit": limit}).fetchall()
-    return int(total), [(row[0], bool(row[1]), row[2]) for row in rows]
+    return common.found_stores(total, rows)
 
 
 def store_records(conn: psycopg.Connection, store_id: str) -> dict:
@@ -1034,8 +1030,7 @@ def store_records(conn: psycopg.Connection, store_id: str) -> dict:
         special = cursor.execute("SELECT date, start_time_local, end_time_local FROM special_hours WHERE "
                                  "store_id = %s ORDER BY date COLLATE \"C\", start_time_local COLLATE \"C\" NULLS FIRST",
                                  (store_id,)).fetchall()
-    return {"polled": polled, "weekly": [tuple(row) for row in weekly], "has_zone_row": zone is not None,
-            "timezone": None if zone is None else zone[0], "special": [tuple(row) for row in special]}
+    return common.store_record(polled, weekly, zone, special)
 
 
 def data_facts(conn: psycopg.Connection, loads: int) -> dict:
@@ -1062,31 +1057,14 @@ def data_facts(conn: psycopg.Connection, loads: int) -> dict:
             SELECT store_id FROM business_hours UNION SELECT store_id FROM timezones) AS k
             WHERE NOT EXISTS (SELECT 1 FROM stores s WHERE s.store_id = k.store_id)""").fetchone()[0]
         recent = recent_loads(conn, limit=loads)
-    return {"stores": int(stores), "polls": int(polls), "first_us": first, "last_us": last,
-            "stores_without_hours": int(without_hours), "zones": [(row[0], int(row[1])) for row in zones],
-            "special_hours_rows": int(special_rows), "stores_with_special_hours": int(special_stores),
-            "stores_not_polled": int(not_polled), "loads": recent}
+    return common.data_facts(stores, polls, first, last, without_hours, zones, special_rows, special_stores,
+                             not_polled, recent)
 
 
 def start_report_attempt(conn: psycopg.Connection, report_id: str, owner: str, *, lease_until: float,
                          max_attempts: int, exhausted_error: str, owner_prefix: str) -> dict | None:
     """Start a job for a worker that was handed it (cluster mode: a Celery start task), not one that
     claimed it from the table (see storage/sqlite.py's for the whole contract)."""
-    stamp = utc_now_iso()
-    with _write(conn):
-        # The row locked first, so that two deliveries of one start task take turns and count two attempts.
-        conn.execute("SELECT 1 FROM reports WHERE report_id = %s FOR UPDATE", (report_id,))
-        job = get_report_job(conn, report_id)
-        if job is None or job["status"] not in ("Queued", "Running"):
-            return None
-        if job["status"] == "Running" and not str(job.get("owner") or "").startswith(owner_prefix):
-            return None
-        if job["status"] == "Running" and job["attempts"] >= max_attempts:
-            mark_report_failed(conn, report_id, exhausted_error)
-            return get_report_job(conn, report_id)
-        _end_attempt(conn, report_id, "worker lost", stamp)
-        conn.execute("UPDATE reports SET status = 'Running', owner = %s, lease_until = %s, started_at = %s, "
-                     "attempts = attempts + 1 WHERE report_id = %s", (owner, lease_until, stamp, report_id))
-        conn.execute("INSERT INTO report_attempts (report_id, attempt, owner, started_at) VALUES (%s, %s, %s, %s)",
-                     (report_id, job["attempts"] + 1, owner, stamp))
-        return get_report_job(conn, report_id)
+    with _jobs(conn):    # the job table's lock: two deliveries of one start task take turns, count two attempts
+        return common.start_attempt(conn, _SQL, report_id, owner, lease_until=lease_until, max_attempts=max_attempts,
+                                    exhausted_error=exhausted_error, owner_prefix=owner_prefix)

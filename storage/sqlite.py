@@ -24,8 +24,8 @@ import pandas as pd
 
 import ingestion
 from ingestion import TableSummary
-from storage import (HOURS_COLUMNS, POLL_COLUMNS, SPECIAL_COLUMNS, ZONE_COLUMNS, ReportInputs, cut_shards,
-                     empty_frame, sqlite_path, utc_now_iso)
+from storage import (HOURS_COLUMNS, SPECIAL_COLUMNS, ZONE_COLUMNS, ReportInputs, common, cut_shards, sqlite_path,
+                     utc_now_iso)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS stores (
@@ -185,7 +185,9 @@ def _add_missing_columns(conn: sqlite3.Connection) -> None:
 
 @contextmanager
 def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (then re-raised)."""
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception (then re-raised). Inside a transaction of
+    the same connection it raises sqlite3.OperationalError ("cannot start a transaction within a
+    transaction"); the backend's own operations join the caller's transaction instead (`_write`)."""
     conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         yield conn
@@ -194,6 +196,22 @@ def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sq
             conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+@contextmanager
+def _write(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[None]:
+    """One transaction, unless the caller already holds one (then its transaction is the unit): what the
+    backend's operations run in, so that they join a caller's transaction instead of failing in it."""
+    if conn.in_transaction:
+        yield
+    else:
+        with transaction(conn, immediate):
+            yield
+
+
+def _snapshot(conn: sqlite3.Connection):
+    """One read transaction (one snapshot for several queries), unless the caller holds one already."""
+    return _write(conn, immediate=False)
 
 
 # --- report jobs ------------------------------------------------------------------------------------
@@ -207,15 +225,7 @@ def create_report_job(conn: sqlite3.Connection, report_id: str, params: dict) ->
 
 def get_report_job(conn: sqlite3.Connection, report_id: str) -> dict | None:
     row = conn.execute("SELECT * FROM reports WHERE report_id = ?", (report_id,)).fetchone()
-    return None if row is None else _job_from_row(row)
-
-
-def _job_from_row(row: sqlite3.Row) -> dict:
-    job = dict(row)
-    job["params"] = json.loads(job["params"])
-    job["timings"] = json.loads(job["timings"]) if job["timings"] else None
-    job["meta"] = json.loads(job["meta"]) if job["meta"] else None
-    return job
+    return None if row is None else common.job_from_row(row)
 
 
 def mark_report_running(conn: sqlite3.Connection, report_id: str) -> None:
@@ -232,6 +242,23 @@ def mark_report_running(conn: sqlite3.Connection, report_id: str) -> None:
 # without a lease (left by a version before leases) counts as run out. `:now` is bound by the caller.
 _WAITING = "(status = 'Queued' OR (status = 'Running' AND (lease_until IS NULL OR lease_until < :now)))"
 _OWNED = "owner = :owner AND status = 'Running'"
+_OPEN = "status IN ('Queued', 'Running')"   # not ended yet
+# A job a claim may run: a Running one taken over only below its maximum of attempts (`:max`).
+_CLAIMABLE = "(status = 'Queued' OR attempts < :max)"
+# The statements of the job flows shared with the other backend (storage/common.py).
+_SQL = common.JobStatements(
+    end_attempt="UPDATE report_attempts SET ended_at = :stamp, outcome = :outcome "
+                "WHERE report_id = :id AND ended_at IS NULL",
+    add_attempt="INSERT INTO report_attempts (report_id, attempt, owner, started_at) "
+                "VALUES (:id, :attempt, :owner, :stamp)",
+    add_duration="INSERT INTO report_durations (finished_at, seconds) VALUES (:stamp, :seconds)",
+    start="UPDATE reports SET status = 'Running', owner = :owner, lease_until = :lease, started_at = :stamp, "
+          "attempts = attempts + 1 WHERE report_id = :id",
+    complete="UPDATE reports SET status = 'Complete', finished_at = :stamp, progress = 1, file = :file, rows = :rows, "
+             "as_of = :as_of, seconds = :seconds, timings = :timings, meta = :meta, error = NULL, lease_until = NULL "
+             "WHERE report_id = :id",
+    fail="UPDATE reports SET status = 'Failed', finished_at = :stamp, error = :error, lease_until = NULL "
+         "WHERE report_id = :id")
 
 
 def claim_report_job(conn: sqlite3.Connection, owner: str, lease_seconds: float, *, max_attempts: int,
@@ -241,32 +268,28 @@ def claim_report_job(conn: sqlite3.Connection, owner: str, lease_seconds: float,
     The claim sets the job Running under a lease of `lease_seconds` and counts the attempt; a job taken
     over from a dead process whose attempts already reached `max_attempts` is marked Failed with
     `exhausted_error` instead. A job whose lease is live is never taken. Each claim is also recorded in
-    `report_attempts`, and the attempt it took over is closed there as 'lease expired'.
+    `report_attempts`, and the attempt it took over is closed there as 'lease expired'. A job whose
+    attempts reached `max_attempts` is never claimed again. Inside a caller's transaction, part of it.
     """
     # A read first (WAL: no lock), so idle workers polling the table do not queue for the write lock.
     if conn.execute(f"SELECT 1 FROM reports WHERE {_WAITING} LIMIT 1", {"now": time.time()}).fetchone() is None:
         return None
-    with transaction(conn):  # BEGIN IMMEDIATE: one claimer at a time; `now` is read once the lock is held
+    with _write(conn):  # BEGIN IMMEDIATE: one claimer at a time; `now` is read once the lock is held
         now, stamp = time.time(), utc_now_iso()
         exhausted = conn.execute(
             "UPDATE reports SET status = 'Failed', finished_at = :stamp, error = :error, lease_until = NULL "
             f"WHERE status = 'Running' AND {_WAITING} AND attempts >= :max RETURNING report_id",
             {"stamp": stamp, "error": exhausted_error, "now": now, "max": max_attempts}).fetchall()
         for row in exhausted:
-            _end_attempt(conn, row["report_id"], "lease expired", stamp)
+            common.end_attempt(conn, _SQL, row["report_id"], "lease expired", stamp)
         rows = conn.execute(
             "UPDATE reports SET status = 'Running', owner = :owner, lease_until = :lease, started_at = :stamp, "
             "progress = 0, attempts = attempts + 1 "
-            f"WHERE report_id = (SELECT report_id FROM reports WHERE {_WAITING} ORDER BY created_at, rowid LIMIT 1) "
-            "RETURNING *",
-            {"owner": owner, "lease": now + lease_seconds, "stamp": stamp, "now": now}).fetchall()
-        if not rows:
-            return None
-        job = _job_from_row(rows[0])
-        _end_attempt(conn, job["report_id"], "lease expired", stamp)  # the attempt of a dead process, if any
-        conn.execute("INSERT INTO report_attempts (report_id, attempt, owner, started_at) VALUES (?, ?, ?, ?)",
-                     (job["report_id"], job["attempts"], owner, stamp))
-    return job
+            f"WHERE report_id = (SELECT report_id FROM reports WHERE {_WAITING} AND {_CLAIMABLE} "
+            "ORDER BY created_at, rowid LIMIT 1) RETURNING *",
+            {"owner": owner, "lease": now + lease_seconds, "stamp": stamp, "now": now, "max": max_attempts}
+        ).fetchall()
+        return common.record_claim(conn, _SQL, rows[0], owner, stamp) if rows else None
 
 
 def renew_report_leases(conn: sqlite3.Connection, owner: str, report_ids, lease_seconds: float) -> int:
@@ -295,42 +318,23 @@ def set_report_progress(conn: sqlite3.Connection, report_id: str, progress: floa
 def mark_report_complete(conn: sqlite3.Connection, report_id: str, *, file: str, rows: int, as_of: str,
                          seconds: float, timings: dict | None = None, meta: dict | None = None,
                          owner: str | None = None) -> bool:
-    """Complete the job; with `owner`, only if that owner still holds it. Returns whether it did."""
-    stamp = utc_now_iso()
+    """Complete the job; with `owner`, only if that owner still holds it, else only if it has not ended
+    (Queued or Running). Returns whether it did."""
     with _write(conn):
-        done = conn.execute(
-            "UPDATE reports SET status = 'Complete', finished_at = :stamp, progress = 1, file = :file, "
-            "rows = :rows, as_of = :as_of, seconds = :seconds, timings = :timings, meta = :meta, error = NULL, "
-            f"lease_until = NULL WHERE report_id = :id{_owned_by(owner)}",
-            {"stamp": stamp, "file": file, "rows": rows, "as_of": as_of, "seconds": seconds,
-             "timings": json.dumps(timings or {}), "meta": json.dumps(meta or {}), "id": report_id,
-             "owner": owner}).rowcount == 1
-        if done:
-            _end_attempt(conn, report_id, "Complete", stamp)
-            conn.execute("INSERT INTO report_durations (finished_at, seconds) VALUES (?, ?)", (stamp, seconds))
-    return done
+        return common.complete_job(conn, _SQL, _owned_by(owner), report_id, owner, file=file, rows=rows, as_of=as_of,
+                                   seconds=seconds, timings=timings, meta=meta)
 
 
 def mark_report_failed(conn: sqlite3.Connection, report_id: str, error: str, owner: str | None = None) -> bool:
-    """Fail the job; with `owner`, only if that owner still holds it. Returns whether it did."""
-    stamp = utc_now_iso()
+    """Fail the job; with `owner`, only if that owner still holds it, else only if it has not ended (Queued
+    or Running). Returns whether it did."""
     with _write(conn):
-        done = conn.execute(
-            "UPDATE reports SET status = 'Failed', finished_at = :stamp, error = :error, lease_until = NULL "
-            f"WHERE report_id = :id{_owned_by(owner)}",
-            {"stamp": stamp, "error": error, "id": report_id, "owner": owner}).rowcount == 1
-        if done:
-            _end_attempt(conn, report_id, "Failed", stamp)
-    return done
+        return common.fail_job(conn, _SQL, _owned_by(owner), report_id, error, owner)
 
 
 def _owned_by(owner: str | None) -> str:
-    return "" if owner is None else f" AND {_OWNED}"
-
-
-def _end_attempt(conn: sqlite3.Connection, report_id: str, outcome: str, stamp: str) -> None:
-    conn.execute("UPDATE report_attempts SET ended_at = ?, outcome = ? WHERE report_id = ? AND ended_at IS NULL",
-                 (stamp, outcome, report_id))
+    """The condition an ending of a job adds: held by `owner`, or (without one) not ended yet."""
+    return f" AND {_OPEN}" if owner is None else f" AND {_OWNED}"
 
 
 def report_attempts(conn: sqlite3.Connection, report_id: str | None = None) -> list[dict]:
@@ -347,20 +351,16 @@ def inspect_report_jobs(location: str | Path) -> tuple[dict[str, dict], dict[str
     conn = sqlite3.connect(sqlite_path(location), timeout=BUSY_TIMEOUT_MS / 1000)
     conn.row_factory = sqlite3.Row
     try:
-        jobs = {row["report_id"]: dict(row) for row in conn.execute("SELECT * FROM reports")}
-        attempts: dict[str, list[dict]] = {}
-        for attempt in report_attempts(conn):
-            attempts.setdefault(attempt["report_id"], []).append(attempt)
+        return common.job_table(conn.execute("SELECT * FROM reports").fetchall(), report_attempts(conn))
     finally:
         conn.close()
-    return jobs, attempts
 
 
 def waiting_report_jobs(conn: sqlite3.Connection) -> list[dict]:
     """Jobs waiting for a worker now (Queued, or Running under a lease that ran out), oldest first."""
     rows = conn.execute(f"SELECT * FROM reports WHERE {_WAITING} ORDER BY created_at, rowid",
                         {"now": time.time()}).fetchall()
-    return [_job_from_row(row) for row in rows]
+    return [common.job_from_row(row) for row in rows]
 
 
 def list_report_jobs(conn: sqlite3.Connection, *, limit: int, offset: int = 0) -> tuple[list[dict], int]:
@@ -368,18 +368,18 @@ def list_report_jobs(conn: sqlite3.Connection, *, limit: int, offset: int = 0) -
     total = conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0]
     rows = conn.execute("SELECT * FROM reports ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?",
                         (limit, offset)).fetchall()
-    return [_job_from_row(row) for row in rows], total
+    return [common.job_from_row(row) for row in rows], total
 
 
 def delete_report_job(conn: sqlite3.Connection, report_id: str) -> dict | None:
     """Remove a job and its attempts; returns the job as it was (None if there was none). A run still
     going on loses its job: it cannot record an end, so its result is discarded like a lost lease's."""
-    with transaction(conn):
+    with _write(conn):
         row = conn.execute("DELETE FROM reports WHERE report_id = ? RETURNING *", (report_id,)).fetchone()
         conn.execute("DELETE FROM report_attempts WHERE report_id = ?", (report_id,))
         conn.execute("DELETE FROM report_files WHERE report_id = ?", (report_id,))
         conn.execute("DELETE FROM report_parts WHERE report_id = ?", (report_id,))
-    return None if row is None else _job_from_row(row)
+    return None if row is None else common.job_from_row(row)
 
 
 def store_report_file(conn: sqlite3.Connection, report_id: str, body: bytes) -> None:
@@ -398,9 +398,12 @@ def report_file(conn: sqlite3.Connection, report_id: str) -> bytes | None:
 def store_report_part(conn: sqlite3.Connection, report_id: str, shard: int, shards: int, body: bytes,
                       progress_share: float = 0.9) -> None:
     """Keep one shard's result (replacing an earlier copy: a shard run twice is stored once) and set the
-    job's progress to `progress_share` times the fraction of its `shards` stored, in one transaction."""
+    job's progress to `progress_share` times the fraction of its `shards` stored, in one transaction. Only
+    while the job is Running: a shard delivered again after the merge, or after the job was deleted,
+    stores nothing."""
     with _write(conn):
-        conn.execute("INSERT INTO report_parts (report_id, shard, body) VALUES (?, ?, ?) "
+        conn.execute("INSERT INTO report_parts (report_id, shard, body) SELECT ?1, ?2, ?3 "
+                     "WHERE EXISTS (SELECT 1 FROM reports WHERE report_id = ?1 AND status = 'Running') "
                      "ON CONFLICT (report_id, shard) DO UPDATE SET body = excluded.body", (report_id, shard, body))
         conn.execute("UPDATE reports SET progress = ? * (SELECT COUNT(*) FROM report_parts WHERE report_id = ?) / ? "
                      "WHERE report_id = ? AND status = 'Running'", (progress_share, report_id, shards, report_id))
@@ -430,16 +433,6 @@ def live_report_attempts(conn: sqlite3.Connection) -> set[tuple[str, int]]:
 
 
 # --- writing loads ----------------------------------------------------------------------------------
-
-@contextmanager
-def _write(conn: sqlite3.Connection) -> Iterator[None]:
-    """One transaction, unless the caller already holds one (then its transaction is the unit)."""
-    if conn.in_transaction:
-        yield
-    else:
-        with transaction(conn):
-            yield
-
 
 @contextmanager
 def _bulk_settings(conn: sqlite3.Connection) -> Iterator[None]:
@@ -514,9 +507,8 @@ def _ingest_status_csv(conn: sqlite3.Connection, name: str, data, names: list[st
 
 def _record_load(conn: sqlite3.Connection, summary: TableSummary, started: float) -> None:
     """Log what a load of one table said, in the load's own transaction (see `loads`, `metrics_facts`)."""
-    summary.seconds = time.perf_counter() - started
-    conn.execute("INSERT INTO loads (finished_at, table_name, summary) VALUES (?, ?, ?)",
-                 (utc_now_iso(), summary.table, json.dumps(summary.to_dict())))
+    common.record_load(conn, "INSERT INTO loads (finished_at, table_name, summary) "
+                             "VALUES (:finished_at, :table, :summary)", summary, started)
 
 
 def recent_loads(conn: sqlite3.Connection, limit: int = 10) -> list[dict]:
@@ -526,26 +518,21 @@ def recent_loads(conn: sqlite3.Connection, limit: int = 10) -> list[dict]:
 
 
 def metrics_facts(conn: sqlite3.Connection, report_seconds_buckets) -> dict:
-    """What /metrics exposes, in one read: jobs by status, the durations of every report ever completed
+    """What /metrics exposes, in one snapshot: jobs by status, the durations of every report ever completed
     as cumulative bucket counts (from `report_durations`, which deleting reports leaves alone, so the
     histogram never goes down), and rows ingested by table and outcome (summed over the load log)."""
-    jobs = dict(conn.execute("SELECT status, COUNT(*) FROM reports GROUP BY status").fetchall())
     bounds = list(report_seconds_buckets)
-    count, total, *at_most = conn.execute(
-        "SELECT COUNT(*), COALESCE(SUM(seconds), 0)" + "".join(", COALESCE(SUM(seconds <= ?), 0)" for _ in bounds)
-        + " FROM report_durations", bounds).fetchone()
-    buckets = list(zip(bounds, at_most))
-    rows: dict[tuple[str, str], int] = {}
-    outcomes = ("new", "already_stored", "changed", "conflicting", "duplicates")
-    for table, new, stored, changed, conflicting, duplicates, rejected in conn.execute(f"""
-            SELECT table_name, {', '.join(f"SUM(json_extract(summary, '$.{o}'))" for o in outcomes)},
+    with _snapshot(conn):
+        jobs = conn.execute("SELECT status, COUNT(*) FROM reports GROUP BY status").fetchall()
+        count, total, *at_most = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(seconds), 0)"
+            + "".join(", COALESCE(SUM(seconds <= ?), 0)" for _ in bounds) + " FROM report_durations",
+            bounds).fetchone()
+        loads = conn.execute(f"""
+            SELECT table_name, {', '.join(f"SUM(json_extract(summary, '$.{o}'))" for o in common.LOAD_OUTCOMES)},
                    SUM((SELECT COALESCE(SUM(value), 0) FROM json_each(summary, '$.rejected')))
-            FROM loads GROUP BY table_name"""):
-        for outcome, rows_of_outcome in zip(outcomes + ("rejected",), (new, stored, changed, conflicting,
-                                                                         duplicates, rejected)):
-            rows[(table, outcome)] = int(rows_of_outcome or 0)
-    return {"jobs_by_status": jobs, "report_seconds": {"buckets": buckets, "count": count, "sum": float(total)},
-            "rows_ingested": rows}
+            FROM loads GROUP BY table_name""").fetchall()
+    return common.metrics_facts(jobs, bounds, count, total, at_most, loads)
 
 
 
@@ -687,13 +674,9 @@ class _StatusLoad:
 
     def add(self, frame: pd.DataFrame, last: bool) -> None:
         """Validate, count and write one chunk; `last`: no chunk follows it (nothing needs remembering)."""
-        uniques, codes, micros, active = ingestion.status_rows(frame, self.summary)
-        if not len(codes):
-            return
-        keys = _store_keys(self.conn, uniques)[codes]
-        del codes
-        keys, micros, active_rows, inactive_rows, rows = ingestion.poll_groups(keys, micros, active)
-        self._add_groups(keys, micros, active_rows, inactive_rows, rows, last)
+        groups = common.chunk_groups(frame, self.summary, lambda uniques: _store_keys(self.conn, uniques))
+        if groups is not None:
+            self._add_groups(*groups, last)
 
     def _add_groups(self, keys, micros, active_rows, inactive_rows, rows, last: bool) -> None:
         n = len(keys)
@@ -944,14 +927,8 @@ def load_files(conn: sqlite3.Connection, status=None, hours=None, timezones=None
     every source instead of its path (the HTTP API spools an upload to a temporary file and says '<request>').
     """
     sources = ingestion.open_sources(status, hours, timezones, special_hours, name=name)
-    summaries = []
     with _bulk_settings(conn), _write(conn):
-        for table, source in sources:
-            if table == "store_status":
-                summaries.append(_ingest_status_csv(conn, *source, progress=progress))
-            else:
-                summaries.append(INGEST[table](conn, source, source=source.attrs["source"]))
-    return summaries
+        return common.load_sources(conn, sources, _ingest_status_csv, INGEST, progress)
 
 
 def has_polls(conn: sqlite3.Connection) -> bool:
@@ -997,7 +974,7 @@ def plan_report_shards(location: str | Path, *, shard_stores: int, shard_polls: 
         conn.execute("BEGIN")
         now_us = _latest_poll_us(conn) if as_of_us is None else as_of_us
         keys = [key for key, in conn.execute(f"{chosen} SELECT store_key FROM chosen ORDER BY store_key", params)]
-        polls = np.zeros(len(keys), np.int64)
+        counted = np.empty((0, 2))
         if shard_polls is not None and now_us is not None and keys:
             start = now_us - lookback_us
             counted = np.array(conn.execute(f"""
@@ -1006,14 +983,12 @@ def plan_report_shards(location: str | Path, *, shard_stores: int, shard_polls: 
                 FROM poll_blocks WHERE block BETWEEN :first AND :last GROUP BY store_key""",
                 {"start": start, "end": now_us, "first": start // BLOCK_US, "last": now_us // BLOCK_US}
             ).fetchall(), dtype=np.float64).reshape(-1, 2)
-            at = np.searchsorted(keys, counted[:, 0].astype(np.int64))
-            found = (at < len(keys)) & (np.asarray(keys)[np.minimum(at, len(keys) - 1)] == counted[:, 0])
-            polls[at[found]] = np.ceil(counted[found, 1]).astype(np.int64)
     finally:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         conn.close()
-    return now_us, cut_shards(keys, polls, shard_stores=shard_stores, shard_polls=shard_polls)
+    return now_us, cut_shards(keys, common.polls_per_key(keys, counted), shard_stores=shard_stores,
+                              shard_polls=shard_polls)
 
 
 def read_report_inputs(location: str | Path, *, lookback_us: int, as_of_us: int | None = None,
@@ -1045,8 +1020,7 @@ def read_report_inputs(location: str | Path, *, lookback_us: int, as_of_us: int 
         else:
             now_us = as_of_us
         if now_us is None:
-            return ReportInputs(*(pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-                                  for columns in (POLL_COLUMNS, HOURS_COLUMNS, ZONE_COLUMNS)), None)
+            return common.empty_report_inputs()
         week_start = now_us - lookback_us
         stores = conn.execute(f"{chosen} SELECT store_key, store_id FROM chosen ORDER BY store_key", ids).fetchall()
         # The blocks that overlap [week_start, now], in primary-key order: the engine finds them sorted.
@@ -1094,25 +1068,8 @@ def read_report_inputs(location: str | Path, *, lookback_us: int, as_of_us: int 
     block_keys = np.repeat(np.array([key for key, _ in blocks], dtype=np.int64),
                            np.array([len(polls) // 8 for _, polls in blocks], dtype=np.int64))
     recent = (packed >> 1 >= week_start) & (packed >> 1 <= now_us)
-    block_keys, packed = block_keys[recent], packed[recent]
-    # Each store's earlier poll goes just before its recent ones: the polls stay in (store, time) order.
-    at = np.searchsorted(block_keys, before[:, 0], side="left")
-    keys = np.insert(block_keys, at, before[:, 0])
-    packed = np.insert(packed, at, before[:, 1])
-    t_us, active = packed >> 1, (packed & 1).astype(np.int8)
-    # Store ids travel as a categorical over the chosen stores: one string per store, not per poll.
-    store_keys = np.array([key for key, _ in stores], dtype=np.int64)
-    position = np.full(int(store_keys.max(initial=-1)) + 1, -1, np.int64)
-    position[store_keys] = np.arange(len(store_keys))
-    polls = pd.DataFrame({
-        "store_id": pd.Categorical.from_codes(position[keys], categories=[store_id for _, store_id in stores]),
-        "timestamp_utc": pd.Series(t_us.astype("datetime64[us]")).dt.tz_localize("UTC"),
-        "status": pd.Categorical.from_codes(active, categories=["inactive", "active"]),
-    })
-    hours = pd.DataFrame(hours_rows, columns=HOURS_COLUMNS, dtype=object)
-    zones = pd.DataFrame(zone_rows, columns=ZONE_COLUMNS, dtype=object)
-    special = pd.DataFrame(special_rows, columns=SPECIAL_COLUMNS, dtype=object)
-    return ReportInputs(polls, hours, zones, pd.Timestamp(now_us, unit="us", tz="UTC"), special)
+    return common.report_inputs(now_us, stores, block_keys[recent], packed[recent], before[:, 0], before[:, 1],
+                                hours_rows, zone_rows, special_rows)
 
 
 def first_poll_us(location: str | Path) -> int | None:
@@ -1143,20 +1100,24 @@ def start_up_lock(location: str | Path) -> Iterator[None]:
 
 def check_writable(conn: sqlite3.Connection) -> None:
     """Raise unless this connection can start a write transaction and write (rolled back at once). A write
-    held by someone else (a load) for more than a second is fine: the database is writable."""
+    held by someone else (a load) for more than a second is fine: the database is writable. Inside a
+    caller's transaction the write is made in a savepoint and rolled back to it."""
+    nested = conn.in_transaction
     conn.execute("PRAGMA busy_timeout = 1000")
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("SAVEPOINT check_writable" if nested else "BEGIN IMMEDIATE")
+        try:
+            conn.execute("DELETE FROM reports WHERE 0")  # a write statement that changes nothing
+        finally:
+            conn.execute("ROLLBACK TO check_writable" if nested else "ROLLBACK")
+            if nested:
+                conn.execute("RELEASE check_writable")
     except sqlite3.OperationalError as exc:
         if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc):
             return
         raise
     finally:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    try:
-        conn.execute("DELETE FROM reports WHERE 0")  # a write statement that changes nothing
-    finally:
-        conn.execute("ROLLBACK")
 
 
 def latest_complete_report_id(conn: sqlite3.Connection) -> str | None:
@@ -1165,45 +1126,35 @@ def latest_complete_report_id(conn: sqlite3.Connection) -> str | None:
     return None if row is None else row[0]
 
 
-def _like_pattern(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def find_stores(conn: sqlite3.Connection, text: str, limit: int) -> tuple[int, list[tuple]]:
     """Polled stores whose id contains `text` (case-insensitive), those starting with it first, then by id:
-    (how many match, [(store_id, has business hours, timezone_str or None)] of at most `limit`)."""
-    pattern, prefix = "%" + _like_pattern(text) + "%", _like_pattern(text) + "%"
-    total = conn.execute("SELECT COUNT(*) FROM stores WHERE store_id LIKE ? ESCAPE '\\'", (pattern,)).fetchone()[0]
-    rows = conn.execute("""
-        SELECT s.store_id,
-               EXISTS (SELECT 1 FROM business_hours h WHERE h.store_id = s.store_id) AS has_hours,
-               (SELECT z.timezone_str FROM timezones z WHERE z.store_id = s.store_id) AS timezone
-        FROM stores s WHERE s.store_id LIKE ?1 ESCAPE '\\'
-        ORDER BY s.store_id LIKE ?2 ESCAPE '\\' DESC, s.store_id LIMIT ?3""", (pattern, prefix, limit)).fetchall()
-    return int(total), [(row[0], bool(row[1]), row[2]) for row in rows]
+    (how many match, [(store_id, has business hours, timezone_str or None)] of at most `limit`), in one
+    snapshot."""
+    pattern, prefix = "%" + common.like_pattern(text) + "%", common.like_pattern(text) + "%"
+    with _snapshot(conn):
+        total = conn.execute("SELECT COUNT(*) FROM stores WHERE store_id LIKE ? ESCAPE '\\'",
+                             (pattern,)).fetchone()[0]
+        rows = conn.execute("""
+            SELECT s.store_id,
+                   EXISTS (SELECT 1 FROM business_hours h WHERE h.store_id = s.store_id) AS has_hours,
+                   (SELECT z.timezone_str FROM timezones z WHERE z.store_id = s.store_id) AS timezone
+            FROM stores s WHERE s.store_id LIKE ?1 ESCAPE '\\'
+            ORDER BY s.store_id LIKE ?2 ESCAPE '\\' DESC, s.store_id LIMIT ?3""", (pattern, prefix, limit)).fetchall()
+    return common.found_stores(total, rows)
 
 
 def store_records(conn: sqlite3.Connection, store_id: str) -> dict:
     """What the tables hold for one store: {"polled": bool, "weekly": [(day, start, end)], "timezone":
-    (None: no row), "has_zone_row": bool, "special": [(date, start, end)]}, rows in day/date order."""
-    polled = conn.execute("SELECT 1 FROM stores WHERE store_id = ?", (store_id,)).fetchone() is not None
-    weekly = conn.execute("SELECT day_of_week, start_time_local, end_time_local FROM business_hours "
-                          "WHERE store_id = ? ORDER BY day_of_week, start_time_local", (store_id,)).fetchall()
-    zone = conn.execute("SELECT timezone_str FROM timezones WHERE store_id = ?", (store_id,)).fetchone()
-    special = conn.execute("SELECT date, start_time_local, end_time_local FROM special_hours "
-                           "WHERE store_id = ? ORDER BY date, start_time_local", (store_id,)).fetchall()
-    return {"polled": polled, "weekly": [tuple(row) for row in weekly], "has_zone_row": zone is not None,
-            "timezone": None if zone is None else zone[0], "special": [tuple(row) for row in special]}
-
-
-@contextmanager
-def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
-    """One read transaction (one snapshot for several queries), unless the caller holds one already."""
-    if conn.in_transaction:
-        yield
-    else:
-        with transaction(conn, immediate=False):
-            yield
+    (None: no row), "has_zone_row": bool, "special": [(date, start, end)]}, rows in day/date order, in one
+    snapshot."""
+    with _snapshot(conn):
+        polled = conn.execute("SELECT 1 FROM stores WHERE store_id = ?", (store_id,)).fetchone() is not None
+        weekly = conn.execute("SELECT day_of_week, start_time_local, end_time_local FROM business_hours "
+                              "WHERE store_id = ? ORDER BY day_of_week, start_time_local", (store_id,)).fetchall()
+        zone = conn.execute("SELECT timezone_str FROM timezones WHERE store_id = ?", (store_id,)).fetchone()
+        special = conn.execute("SELECT date, start_time_local, end_time_local FROM special_hours "
+                               "WHERE store_id = ? ORDER BY date, start_time_local", (store_id,)).fetchall()
+    return common.store_record(polled, weekly, zone, special)
 
 
 def data_facts(conn: sqlite3.Connection, loads: int) -> dict:
@@ -1227,10 +1178,8 @@ def data_facts(conn: sqlite3.Connection, loads: int) -> dict:
             SELECT store_id FROM business_hours UNION SELECT store_id FROM timezones) AS k
             WHERE NOT EXISTS (SELECT 1 FROM stores s WHERE s.store_id = k.store_id)""").fetchone()[0]
         recent = recent_loads(conn, limit=loads)
-    return {"stores": int(stores), "polls": int(polls), "first_us": first, "last_us": last,
-            "stores_without_hours": int(without_hours), "zones": [(row[0], int(row[1])) for row in zones],
-            "special_hours_rows": int(special_rows), "stores_with_special_hours": int(special_stores),
-            "stores_not_polled": int(not_polled), "loads": recent}
+    return common.data_facts(stores, polls, first, last, without_hours, zones, special_rows, special_stores,
+                             not_polled, recent)
 
 
 def start_report_attempt(conn: sqlite3.Connection, report_id: str, owner: str, *, lease_until: float,
@@ -1241,19 +1190,6 @@ def start_report_attempt(conn: sqlite3.Connection, report_id: str, owner: str, *
     acknowledged). Returns the job as it now is; None when there is nothing to start (no such job, it
     ended, or an owner not starting with `owner_prefix` runs it); a job whose attempts already reached
     `max_attempts` is marked Failed with `exhausted_error` and returned as such."""
-    stamp = utc_now_iso()
     with _write(conn):   # BEGIN IMMEDIATE: two deliveries of one start task take turns
-        job = get_report_job(conn, report_id)
-        if job is None or job["status"] not in ("Queued", "Running"):
-            return None
-        if job["status"] == "Running" and not str(job.get("owner") or "").startswith(owner_prefix):
-            return None
-        if job["status"] == "Running" and job["attempts"] >= max_attempts:
-            mark_report_failed(conn, report_id, exhausted_error)
-            return get_report_job(conn, report_id)
-        _end_attempt(conn, report_id, "worker lost", stamp)
-        conn.execute("UPDATE reports SET status = 'Running', owner = ?, lease_until = ?, started_at = ?, "
-                     "attempts = attempts + 1 WHERE report_id = ?", (owner, lease_until, stamp, report_id))
-        conn.execute("INSERT INTO report_attempts (report_id, attempt, owner, started_at) VALUES (?, ?, ?, ?)",
-                     (report_id, job["attempts"] + 1, owner, stamp))
-        return get_report_job(conn, report_id)
+        return common.start_attempt(conn, _SQL, report_id, owner, lease_until=lease_until, max_attempts=max_attempts,
+                                    exhausted_error=exhausted_error, owner_prefix=owner_prefix)

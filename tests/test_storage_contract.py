@@ -7,6 +7,7 @@ import inspect
 import re
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -910,3 +911,347 @@ def test_start_report_attempt(conn):
     assert [(a["attempt"], a["outcome"]) for a in database.report_attempts(conn, "c")] == [(1, "Complete")]
     assert database.start_report_attempt(conn, "nope", "cluster:w1", lease_until=1.0, **start) is None
     assert database.get_report_job(conn, "nope") is None and database.report_attempts(conn, "nope") == []
+
+
+# --- the job table under concurrency, status guards, clocks, nesting, connection time-outs, snapshots --------
+
+def _is_postgresql(conn) -> bool:
+    return not isinstance(conn, sqlite3.Connection)
+
+
+@pytest.fixture
+def before_statements(monkeypatch):
+    """before_statements(conn, hook): call hook(sql) before each statement `conn` runs from then on (SQLite:
+    its trace callback, called before the statement takes its read lock; PostgreSQL: every cursor's execute
+    on that connection)."""
+    cleanups = []
+
+    def install(conn, hook) -> None:
+        if isinstance(conn, sqlite3.Connection):
+            conn.set_trace_callback(hook)
+            cleanups.append(lambda: conn.set_trace_callback(None))
+            return
+        import psycopg
+
+        original = psycopg.Cursor.execute
+
+        def execute(self, statement, params=None, **kwargs):
+            if self.connection is conn:
+                hook(statement if isinstance(statement, str) else statement.as_string(conn))
+            return original(self, statement, params, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+
+    yield install
+    for cleanup in cleanups:
+        cleanup()
+
+
+def test_count_then_insert_in_a_transaction_is_one_step_for_every_connection(storage_location):
+    """jobs.ReportJobs.submit's pattern: the queue limit holds however many submit at once (PostgreSQL:
+    transaction() takes the job-table lock, as SQLite's BEGIN IMMEDIATE takes the write lock)."""
+    database.connect(storage_location).close()
+    limit, submitters = 5, 20
+    accepted: list[int] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(submitters)
+
+    def submit(number: int) -> None:
+        conn = database.connect(storage_location)
+        try:
+            start.wait()
+            with database.transaction(conn):
+                if database.count_queued_report_jobs(conn) < limit:
+                    time.sleep(0.05)          # widen the window between the check and the act
+                    database.create_report_job(conn, f"job{number:02d}", {})
+                    accepted.append(number)
+        except BaseException as exc:   # noqa: BLE001  (reported below)
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=submit, args=(number,)) for number in range(submitters)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    check = database.connect(storage_location)
+    assert len(accepted) == limit == database.count_queued_report_jobs(check)
+    check.close()
+
+
+def test_a_long_load_does_not_block_job_claims(storage_location, monkeypatch):
+    """PostgreSQL: loads hold their own lock (LOAD_LOCK), not the job table's, so a claim, a submit's
+    count-then-insert and a completion go on while a load is in its transaction."""
+    if not storage.is_postgresql(storage_location):
+        pytest.skip("SQLite has one writer at a time: a load holds the write lock (by design)")
+    module = storage.backend(storage_location)
+    in_load, release = threading.Event(), threading.Event()
+    original = module._record_load
+
+    def slow_record(*args, **kwargs):
+        in_load.set()
+        assert release.wait(60)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_record_load", slow_record)
+    loader_conn, conn = database.connect(storage_location), database.connect(storage_location)
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            database.ingest_timezones(loader_conn, pd.DataFrame({"store_id": ["s"], "timezone_str": ["UTC"]}))
+        except BaseException as exc:   # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    try:
+        assert in_load.wait(30)
+        done = threading.Event()
+
+        def jobs() -> None:
+            try:
+                with database.transaction(conn):
+                    assert database.count_queued_report_jobs(conn) == 0
+                    database.create_report_job(conn, "j", {})
+                job = database.claim_report_job(conn, "w", 60, max_attempts=2, exhausted_error="x")
+                assert job["report_id"] == "j"
+                assert database.mark_report_complete(conn, "j", file="j.csv", rows=0, as_of="t", seconds=0.1,
+                                                     owner="w")
+                assert database.delete_report_job(conn, "j")["status"] == "Complete"
+                done.set()
+            except BaseException as exc:   # noqa: BLE001  (reported below)
+                errors.append(exc)
+
+        worker = threading.Thread(target=jobs)
+        worker.start()
+        worker.join(10)
+        assert done.is_set() and errors == [], "the job operations waited for the load"
+    finally:
+        release.set()
+        loader.join(30)
+    assert errors == []
+    assert database.store_records(conn, "s")["timezone"] == "UTC"
+
+
+def test_owner_less_complete_and_fail_change_only_a_job_that_has_not_ended(conn):
+    """Two merges of one job complete it once (one report_durations row); a late failure does not turn a
+    Complete job Failed, nor a Failed one Complete."""
+    record = dict(file="a.csv", rows=1, as_of="2023-01-25T18:00:00Z", seconds=0.5)
+    database.create_report_job(conn, "a", {})
+    assert database.claim_report_job(conn, "w", 60, max_attempts=2, exhausted_error="x")["report_id"] == "a"
+    assert database.mark_report_complete(conn, "a", **record) is True
+    assert database.mark_report_complete(conn, "a", **{**record, "rows": 99}) is False   # a second merge
+    assert database.mark_report_failed(conn, "a", "late failure") is False
+    job = database.get_report_job(conn, "a")
+    assert (job["status"], job["rows"], job["error"]) == ("Complete", 1, None)
+    assert query(conn, "SELECT COUNT(*) FROM report_durations") == [(1,)]
+    assert [(a["attempt"], a["outcome"]) for a in database.report_attempts(conn, "a")] == [(1, "Complete")]
+
+    database.create_report_job(conn, "b", {})
+    assert database.mark_report_failed(conn, "b", "broker down") is True          # Queued: fails
+    assert database.mark_report_failed(conn, "b", "again") is False
+    assert database.mark_report_complete(conn, "b", **record) is False
+    job = database.get_report_job(conn, "b")
+    assert (job["status"], job["error"]) == ("Failed", "broker down")
+    assert query(conn, "SELECT COUNT(*) FROM report_durations") == [(1,)]
+
+    database.create_report_job(conn, "c", {})
+    assert database.mark_report_complete(conn, "c", **record) is True             # Queued: completes
+    assert database.mark_report_complete(conn, "nope", **record) is False
+    assert database.mark_report_failed(conn, "nope", "x") is False
+
+
+def test_a_shard_part_is_kept_only_while_its_job_runs(conn):
+    """A shard delivered again after the merge, after a delete, or before its job started stores nothing."""
+    database.create_report_job(conn, "q", {})
+    database.store_report_part(conn, "q", 0, 2, b"early")                   # Queued: not started
+    assert database.report_parts(conn, "q") == []
+    database.store_report_part(conn, "nope", 0, 2, b"unknown")              # no such job
+    assert database.report_parts(conn, "nope") == []
+
+    database.create_report_job(conn, "r", {})
+    database.start_report_attempt(conn, "q", "celery:w", lease_until=1e12, max_attempts=2, exhausted_error="x",
+                                  owner_prefix="celery:")
+    database.start_report_attempt(conn, "r", "celery:w", lease_until=1e12, max_attempts=2, exhausted_error="x",
+                                  owner_prefix="celery:")
+    database.store_report_part(conn, "r", 0, 2, b"zero")
+    assert database.report_parts(conn, "r") == [b"zero"]
+    assert database.get_report_job(conn, "r")["progress"] == pytest.approx(0.45)
+    database.delete_report_parts(conn, "r")                                  # the merge
+    assert database.mark_report_complete(conn, "r", file="r.csv", rows=0, as_of="t", seconds=0.1)
+    database.store_report_part(conn, "r", 1, 2, b"redelivered")
+    assert database.report_parts(conn, "r") == []
+    assert database.get_report_job(conn, "r")["progress"] == 1
+
+    database.delete_report_job(conn, "q")                                    # deleted while running
+    database.store_report_part(conn, "q", 1, 2, b"orphan")
+    assert database.report_parts(conn, "q") == []
+    assert query(conn, "SELECT COUNT(*) FROM report_parts") == [(0,)]
+
+
+def test_a_claim_never_runs_a_job_past_its_attempts(conn, storage_location, before_statements):
+    """A job taken over from dead processes max_attempts times is failed, never run again, even when the
+    claim's "exhausted" step passes over it (PostgreSQL: another session held its row for a moment, and
+    let go just before the claim chose its job)."""
+    database.create_report_job(conn, "x", {})
+    for owner in ("dead:1", "dead:2"):                                   # two runs whose leases ran out
+        assert database.claim_report_job(conn, owner, -1, max_attempts=2, exhausted_error="x")["report_id"] == "x"
+    assert database.get_report_job(conn, "x")["attempts"] == 2
+    holder = None
+    if _is_postgresql(conn):
+        import psycopg
+
+        holder = psycopg.connect(storage_location, autocommit=True)
+        holder.execute("BEGIN")
+        holder.execute("SELECT 1 FROM reports WHERE report_id = 'x' FOR UPDATE")
+
+        def let_go(sql: str) -> None:
+            if "SET status = 'Running'" in sql and not holder.closed:
+                holder.execute("ROLLBACK")
+                holder.close()
+
+        before_statements(conn, let_go)
+    try:
+        claimed = database.claim_report_job(conn, "live", 60, max_attempts=2, exhausted_error="gave up")
+    finally:
+        if holder is not None:
+            holder.close()
+    assert claimed is None
+    assert database.get_report_job(conn, "x")["attempts"] == 2
+    assert database.claim_report_job(conn, "live", 60, max_attempts=2, exhausted_error="gave up") is None
+    job = database.get_report_job(conn, "x")
+    assert (job["status"], job["error"], job["attempts"]) == ("Failed", "gave up", 2)
+
+
+def test_leases_are_on_the_database_servers_clock(conn, monkeypatch):
+    """PostgreSQL serves several hosts whose clocks differ: leases are set and compared on the server's
+    clock, so a process whose clock is an hour off neither takes a live job nor lets its own expire.
+    SQLite serves one host: its leases are on that host's clock (the process's)."""
+    real = time.time
+    database.create_report_job(conn, "j", {})
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)            # this process's clock: an hour slow
+    job = database.claim_report_job(conn, "slow", 60, max_attempts=2, exhausted_error="x")
+    clock = real() if _is_postgresql(conn) else real() - 3600
+    assert job["lease_until"] == pytest.approx(clock + 60, abs=10)
+    assert database.live_report_attempts(conn) == {("j", 1)}
+    assert database.renew_report_leases(conn, "slow", ["j"], 120) == 1
+    assert database.get_report_job(conn, "j")["lease_until"] == pytest.approx(clock + 120, abs=10)
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)            # another host's clock: an hour fast
+    if _is_postgresql(conn):
+        assert database.waiting_report_jobs(conn) == []
+        assert database.claim_report_job(conn, "fast", 60, max_attempts=2, exhausted_error="x") is None
+        assert database.live_report_attempts(conn) == {("j", 1)}
+    else:
+        assert database.live_report_attempts(conn) == set()
+        assert database.claim_report_job(conn, "fast", 60, max_attempts=2, exhausted_error="x")["attempts"] == 2
+
+
+def test_job_operations_join_the_callers_transaction(conn):
+    """Inside a caller's transaction the job operations are part of it (rolled back with it), on both."""
+    for report_id in ("a", "b"):
+        database.create_report_job(conn, report_id, {})
+    with pytest.raises(KeyError):
+        with database.transaction(conn):
+            assert database.claim_report_job(conn, "w", 60, max_attempts=2, exhausted_error="x")["report_id"] == "a"
+            assert database.delete_report_job(conn, "b")["report_id"] == "b"
+            database.check_writable(conn)
+            database.store_report_part(conn, "a", 0, 1, b"part")
+            assert database.mark_report_complete(conn, "a", file="a.csv", rows=0, as_of="t", seconds=0.1, owner="w")
+            raise KeyError("the caller gives up")
+    assert [database.get_report_job(conn, r)["status"] for r in ("a", "b")] == ["Queued", "Queued"]
+    assert database.report_attempts(conn) == [] and database.report_parts(conn, "a") == []
+    assert query(conn, "SELECT COUNT(*) FROM report_durations") == [(0,)]
+    with database.transaction(conn):
+        database.check_writable(conn)
+        assert database.claim_report_job(conn, "w", 60, max_attempts=2, exhausted_error="x")["report_id"] == "a"
+        assert database.delete_report_job(conn, "b")["report_id"] == "b"
+    assert database.get_report_job(conn, "a")["status"] == "Running" and database.get_report_job(conn, "b") is None
+    database.check_writable(conn)                                       # and again outside
+
+
+def test_transaction_does_not_nest(conn):
+    """transaction() inside a transaction of the same connection raises (a backend error), on both; the
+    outer transaction goes on."""
+    with database.transaction(conn):
+        database.create_report_job(conn, "outer", {})
+        with pytest.raises(database.errors(), match="within a transaction"):
+            with database.transaction(conn):
+                database.create_report_job(conn, "inner", {})
+        database.create_report_job(conn, "after", {})
+    assert [job["report_id"] for job in database.list_report_jobs(conn, limit=10)[0]] == ["after", "outer"]
+
+
+def test_postgresql_connections_give_up_after_a_timeout(storage_location, monkeypatch):
+    """An unreachable PostgreSQL host fails a connection after connect_timeout (5 s unless the URL says
+    otherwise), not after the operating system's TCP time-out, for every connection the backend opens."""
+    if not storage.is_postgresql(storage_location):
+        pytest.skip("SQLite opens a local file")
+    import psycopg
+
+    timeouts = []
+    original = psycopg.connect
+
+    def spy(*args, **kwargs):
+        connection = original(*args, **kwargs)
+        timeouts.append(connection.info.get_parameters().get("connect_timeout"))
+        return connection
+
+    monkeypatch.setattr(psycopg, "connect", spy)
+    database.connect(storage_location).close()
+    database.inspect_report_jobs(storage_location)
+    database.first_poll_us(storage_location)
+    with database.start_up_lock(storage_location):
+        pass
+    assert timeouts == ["5"] * 4
+    timeouts.clear()
+    own = storage_location + ("&" if "?" in storage_location else "?") + "connect_timeout=2"
+    database.connect(own).close()
+    database.read_report_inputs(own, lookback_us=WEEK_US)
+    assert timeouts == ["2", "2"]
+
+
+def test_page_reads_see_one_snapshot(conn, storage_location, before_statements):
+    """find_stores, store_records and metrics_facts read in one snapshot: a write committed between their
+    statements is seen by all of them or by none."""
+    writer = database.connect(storage_location)
+    writes = iter([
+        ["INSERT INTO stores (store_key, store_id) VALUES (1000, 'zzz-new')"],
+        ["INSERT INTO stores (store_key, store_id) VALUES (1001, 'zzz-two')",
+         "INSERT INTO business_hours (store_id, day_of_week, start_time_local, end_time_local) "
+         "VALUES ('zzz-two', 1, '09:00:00', '17:00:00')",
+         "INSERT INTO timezones (store_id, timezone_str) VALUES ('zzz-two', 'UTC')"],
+        ["INSERT INTO reports (report_id, status, created_at) VALUES ('w', 'Complete', 't')",
+         "INSERT INTO report_durations (finished_at, seconds) VALUES ('t', 1.0)"],
+    ])
+    state = {"selects": 0, "pending": None}
+
+    def hook(sql: str) -> None:
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            return
+        state["selects"] += 1
+        if state["selects"] == 2 and state["pending"]:          # between the first and second read
+            statements, state["pending"] = state["pending"], None
+            with database.transaction(writer):
+                for statement in statements:
+                    execute(writer, statement)
+
+    def arm() -> None:
+        state["selects"], state["pending"] = 0, next(writes)
+
+    before_statements(conn, hook)
+    arm()
+    assert database.find_stores(conn, "zzz", 10) == (0, [])
+    assert database.find_stores(conn, "zzz", 10) == (1, [("zzz-new", False, None)])
+    arm()
+    assert database.store_records(conn, "zzz-two") == {"polled": False, "weekly": [], "has_zone_row": False,
+                                                       "timezone": None, "special": []}
+    assert database.store_records(conn, "zzz-two")["weekly"] == [(1, "09:00:00", "17:00:00")]
+    arm()
+    facts = database.metrics_facts(conn, [2.0])
+    assert (facts["jobs_by_status"], facts["report_seconds"]["count"]) == ({}, 0)
+    facts = database.metrics_facts(conn, [2.0])
+    assert (facts["jobs_by_status"], facts["report_seconds"]["count"]) == ({"Complete": 1}, 1)
+    writer.close()
