@@ -15,9 +15,10 @@ $(VENV)/.installed: requirements.txt requirements.lock
 run: $(VENV)/.installed
 	$(PY) -m gunicorn --config gunicorn.conf.py
 
-# Cluster mode on this machine (cluster.py up): Redis, two Celery workers and the web server pointed at them,
-# on SM_DATABASE (SQLite: one machine only; ARGS=--postgres starts a throw-away PostgreSQL under .cluster/pg).
-# Ctrl-C stops everything.
+# Cluster mode on this machine (cluster.py up): PostgreSQL, Redis, two Celery workers and the web server pointed
+# at them. PostgreSQL is a throw-away server under .cluster/pg, unless SM_DATABASE is a postgresql:// URL (then
+# that one); ARGS=--sqlite uses SM_DATABASE's SQLite file instead (one machine only). Redis is started unless
+# SM_BROKER_URL is set. Ctrl-C stops everything.
 cluster: $(VENV)/.installed
 	$(PY) cluster.py up $(ARGS)
 

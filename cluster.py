@@ -2,11 +2,12 @@
 
     SM_BROKER_URL=redis://host:6379/0 SM_DATABASE=postgresql://... celery -A cluster worker -n w1@%h
     SM_BROKER_URL=redis://host:6379/0 SM_DATABASE=postgresql://... make run      # the web processes
-    python cluster.py up        # `make cluster`: Redis, two workers and the web server on this machine
+    python cluster.py up        # `make cluster`: PostgreSQL, Redis, two workers and the web server here
 
 With `SM_BROKER_URL` set (config.Settings.broker_url) the web processes run no report threads. A trigger
 still inserts the Queued row in the `reports` table (the queue depth and the 429 come from the table, as in
-embedded mode), then sends one `start_report` task (`enqueue`); if the broker cannot be reached the job is
+embedded mode, but count the Running jobs too: see jobs.ReportJobs._count_limited), then sends one
+`start_report` task (`enqueue`); if the broker cannot be reached the job is
 marked Failed and the client gets a 503 (`jobs.BrokerUnavailable`). Every host's workers and web processes
 use the same database: PostgreSQL for several hosts (SQLite only works with everything on one machine).
 
@@ -17,35 +18,44 @@ A report's tasks (JSON messages, nothing pickled):
    plan is kept in Redis (SET NX) before anything is sent, so a start task delivered again (its worker died)
    sends the same plan, never a second one with another `now`. It then sends a chord: a group of
    `compute_shard` tasks and the `merge_report` task, with `report_failed` as the error callback.
-2. `compute_shard(report_id, shard, shards, plan)` computes one shard (`report_generator._report_shard`),
+2. `compute_shard(report_id, shard, shards, work)` computes one shard (`report_generator._report_shard`),
    and keeps its frame, attrs and read/compute seconds in the database as Arrow IPC
-   (`database.store_report_part`, which also moves the job's progress), replacing an earlier copy.
+   (`database.store_report_part`, which also moves the job's progress), replacing an earlier copy. Its
+   message holds only its own store_key range and the plan's few shared values (`shard_work`); the
+   store_ids a report asked for are read from the job's row, so no message grows with the shard count.
 3. `merge_report(results, report_id, plan)` reads the parts (`database.report_parts`), merges them with
    `report_generator._merge_shards`, makes the CSV with `report_generator.csv_bytes` and the metadata with
-   `report_meta` / `report_timings` (the code the embedded path uses), and in one transaction keeps the CSV
-   (`database.store_report_file`), marks the job Complete and deletes the parts. Web processes serve the
+   `report_meta` / `report_timings` (the code the embedded path uses), and in one transaction marks the job
+   Complete and, only if that succeeded (the job was still Running: not failed, not deleted meanwhile),
+   keeps the CSV (`database.store_report_file`); the parts are deleted either way. Web processes serve the
    CSV from their reports folder or, if absent, from the database (`reports_service.report_file_path`).
 
 Delivery: `task_acks_late` and `task_reject_on_worker_lost`: a task is acknowledged when it ends, so a task
 whose worker was killed (kill -9, a lost host) is delivered again: when only the pool process died, as soon
 as the worker notices (WorkerLostError, a few seconds), else once Redis's `visibility_timeout`
-(SM_BROKER_VISIBILITY_TIMEOUT) has passed. That timeout must exceed
-the longest task, or a task still running is given to a second worker too. `worker_prefetch_multiplier=1`:
+(SM_BROKER_VISIBILITY_TIMEOUT) has passed. That timeout must exceed the longest task (its database retries,
+up to DB_RETRIES * DB_RETRY_SECONDS more, included), or a task still running is given to a second worker
+too. A Running job with no shard stored for twice that long, while no job ahead of it in the queue moves
+either, is taken for lost by the web processes' sweep (see below). `worker_prefetch_multiplier=1`:
 a worker holds no more tasks than it runs. Everything is idempotent: a shard run twice stores the same part
 once; a merge finds the job Complete (or Failed, or deleted) and does nothing but drop leftover parts; a
 merge that finds parts missing (a shard counted twice by the chord) waits for them, then fails the job.
 
 Errors: a shard or merge that raises `ReportError` marks the job Failed with its message; another error is
 logged with its traceback on the worker and the job gets the generic message naming the report id. A
-database error is retried a few times first. `report_failed` (the chord's error callback) fails a job still
-Running for any other cause.
+database error is first retried DB_RETRIES times, DB_RETRY_SECONDS apart, inside the same task run (never
+with Celery's `retry`: a start task re-sent that way would count as a new attempt, and the merge's retry
+counter is kept for its waits for missing parts). `report_failed` (the chord's error callback) fails a job
+still Running for any other cause.
 
 The job row of a Celery-run job: Running, owner `celery:...`, and a lease that never runs out
 (CLUSTER_LEASE_UNTIL). Embedded-mode lease takeover does not apply to it: web processes in cluster mode
 claim nothing (no report threads), and even an embedded process on the same database (do not mix the modes)
-neither takes it over nor fails it in its sweep. A start task delivered a third time (its workers died twice)
-fails the job, as embedded mode does after two interruptions. The price: a job whose messages the broker lost
-(Redis restarted without persistence) stays Queued or Running until deleted (DELETE /reports/<id>).
+neither takes it over nor fails it in its recovery. A start task delivered a third time (its workers died
+twice) fails the job, as embedded mode does after two interruptions. A job whose messages the broker lost
+(Redis restarted without persistence) is failed by the web processes' sweep (`jobs.ReportJobs.fail_lost_jobs`):
+Queued, or Running without progress, for more than twice SM_BROKER_VISIBILITY_TIMEOUT. So are the jobs of a
+cluster whose workers all stay down that long (their tasks then find the job Failed and do nothing).
 
 One Redis database per deployment: a worker takes every task of the queue, so a second deployment (another
 SM_DATABASE) needs another Redis server or database number (redis://host:6379/1), else its workers would
@@ -77,7 +87,7 @@ import jobs
 import report_generator
 import local_servers
 import storage
-from config import PROJECT_DIR, Settings
+from config import PROJECT_DIR, Settings, describe_database
 
 log = logging.getLogger("store_monitoring.cluster")
 
@@ -99,10 +109,12 @@ LOST_SHARDS_ERROR = ("The report could not be completed: {missing} of its {shard
                      "please trigger a new report.")
 BROKER_ERROR = ("The report could not be queued: the report broker (SM_BROKER_URL) cannot be reached; "
                 "please try again later.")
-# Only the tests set this (tests/test_cluster.py): a folder where `<worker>.delay` makes that worker's shards
-# sleep the seconds it holds, and `<worker>.hold` makes them wait while it exists (each writes the pid of the
-# process computing it into `<worker>.holding.<report>.<shard>` first).
+# TEST HOOK, set only by tests/test_cluster.py (never in production): a folder where `<worker>.delay` makes
+# that worker's shards sleep the seconds it holds, and `<worker>.hold` makes them wait while it exists (each
+# writes the pid of the process computing it into `<worker>.holding.<report>.<shard>` first). Read once, when
+# the worker imports this module: unset, a shard pays one `if` on a constant (see _test_hook_hold_shard).
 TEST_HOLD_ENV = "SM_CLUSTER_TEST_HOLD"
+_TEST_HOLD_FOLDER = os.environ.get(TEST_HOLD_ENV) or None
 
 DATABASE_ERRORS = database.errors()
 
@@ -249,13 +261,28 @@ def begin_attempt(conn, report_id: str, owner: str) -> dict | None:
                                          owner_prefix="celery:")
 
 
-def _fail(report_id: str, message: str) -> None:
-    """Mark the job Failed unless it already ended (or is gone)."""
+def _begin(conn, report_id: str, owner: str, *, again: bool) -> dict | None:
+    """`begin_attempt` for one delivery of a start task, in one transaction. `again`: an earlier try of this
+    same delivery raised a database error; if its transaction committed all the same (the error came with
+    the commit's answer), the job is Running under this very owner, and that attempt is this delivery's:
+    it is not counted a second time."""
+    with database.transaction(conn):
+        if again:
+            job = database.get_report_job(conn, report_id)
+            if job is not None and job["status"] == "Running" and job["owner"] == owner:
+                return job
+        return begin_attempt(conn, report_id, owner)
+
+
+def _fail(report_id: str, message: str) -> bool:
+    """Mark the job Failed unless it already ended (or is gone): the check and the write in one transaction.
+    Returns whether it did."""
     with closing(database.connect(worker_settings().database)) as conn:
         with database.transaction(conn):
             job = database.get_report_job(conn, report_id)
-            if job is not None and job["status"] in ("Queued", "Running"):
-                database.mark_report_failed(conn, report_id, message)
+            if job is None or job["status"] not in ("Queued", "Running"):
+                return False
+            return database.mark_report_failed(conn, report_id, message)
 
 
 def _failure_message(report_id: str, exc: BaseException) -> str:
@@ -269,28 +296,35 @@ def _failure_message(report_id: str, exc: BaseException) -> str:
 
 
 def _run_step(task, report_id: str, step):
-    """Run one task's work: a database error is retried (DB_RETRIES times); any other error, or the last
-    database error, fails the job (message as in embedded mode) and is raised, which stops the chord."""
-    try:
-        return step()
-    except DATABASE_ERRORS as exc:
-        if task.request.retries < DB_RETRIES:
-            log.warning("report %s: database error in %s, retrying in %d s: %s", report_id, task.name,
-                        DB_RETRY_SECONDS, exc)
-            raise task.retry(exc=exc, countdown=DB_RETRY_SECONDS, max_retries=DB_RETRIES)
-        log.exception("report %s: %s failed with a database error", report_id, task.name)
-        _fail_quietly(report_id, jobs.internal_error_message(report_id))
-        raise
-    except report_generator.ReportError as exc:
-        log.info("report %s failed: %s", report_id, _failure_message(report_id, exc))
-        _fail_quietly(report_id, _failure_message(report_id, exc))
-        raise
-    except Exception as exc:
-        if type(exc).__module__.startswith("celery."):   # Retry and its kind: not an error of the report
+    """Run one piece of a task's work and return what it returns.
+
+    A database error is retried right here, DB_RETRIES times DB_RETRY_SECONDS apart (the step runs again:
+    each step opens its own connection and is idempotent). Not with Celery's `task.retry`: a start task
+    sent again would count as a new attempt of the job, and `task.request.retries` is the merge's count of
+    its waits for missing parts. Any other error, or the last database error, fails the job (message as in
+    embedded mode) and is raised, which stops the chord. Celery's own exceptions (Retry) pass through."""
+    for retry in range(DB_RETRIES + 1):
+        try:
+            return step()
+        except DATABASE_ERRORS as exc:
+            if retry < DB_RETRIES:
+                log.warning("report %s: database error in %s, retry %d of %d in %d s: %s", report_id, task.name,
+                            retry + 1, DB_RETRIES, DB_RETRY_SECONDS, exc)
+                time.sleep(DB_RETRY_SECONDS)
+                continue
+            log.exception("report %s: %s failed with a database error", report_id, task.name)
+            _fail_quietly(report_id, jobs.internal_error_message(report_id))
             raise
-        log.exception("report %s: %s failed with an unexpected error", report_id, task.name)
-        _fail_quietly(report_id, _failure_message(report_id, exc))
-        raise
+        except report_generator.ReportError as exc:
+            log.info("report %s failed: %s", report_id, _failure_message(report_id, exc))
+            _fail_quietly(report_id, _failure_message(report_id, exc))
+            raise
+        except Exception as exc:
+            if type(exc).__module__.startswith("celery."):   # Retry and its kind: not an error of the report
+                raise
+            log.exception("report %s: %s failed with an unexpected error", report_id, task.name)
+            _fail_quietly(report_id, _failure_message(report_id, exc))
+            raise
 
 
 def _fail_quietly(report_id: str, message: str) -> None:
@@ -304,27 +338,59 @@ def _owner(task) -> str:
     return f"celery:{task.request.hostname or socket.gethostname()}:{os.getpid()}"
 
 
+# --- the messages --------------------------------------------------------------------------------------
+
+SHARED_PLAN_KEYS = ("now_us", "reach_minutes", "default_timezone", "extended")   # what every shard needs
+
+
+def shard_work(plan: dict, shard: int) -> dict:
+    """What one shard's message carries: its own store_key range (None: every chosen store) and the few
+    values of the plan every shard shares. Neither the other shards' ranges nor the store_ids (the shard
+    reads them from the job's row): a message's size does not grow with the number of shards."""
+    work = {key: plan[key] for key in SHARED_PLAN_KEYS}
+    work["key_range"] = plan["shards"][shard]
+    return work
+
+
+def report_chord(report_id: str, plan: dict):
+    """The chord of a report: its header (one compute_shard per shard) and its body (merge_report, with
+    report_failed as the error callback)."""
+    shards = len(plan["shards"])
+    header = group(compute_shard.si(report_id, index, shards, shard_work(plan, index)) for index in range(shards))
+    body = merge_report.s(report_id, plan).on_error(report_failed.s(report_id))
+    return header, body
+
+
 # --- the tasks -------------------------------------------------------------------------------------------
 
 @app.task(name=START_TASK, bind=True, ignore_result=True)
 def start_report(self, report_id: str) -> None:
-    """A job's first task: Running, the plan (one `now`, the shards), then the chord of shards and merge."""
-    def step():
-        settings = worker_settings()
-        with closing(database.connect(settings.database)) as conn:
-            job = begin_attempt(conn, report_id, _owner(self))
-        if job is None or job["status"] != "Running":
-            log.info("report %s: nothing to start (%s)", report_id, "no such job" if job is None else job["status"])
-            return
-        plan = _plan(settings, job)
-        header = group(compute_shard.si(report_id, index, len(plan["shards"]), plan)
-                       for index in range(len(plan["shards"])))
-        body = merge_report.s(report_id, plan).on_error(report_failed.s(report_id))
-        chord(header)(body)
-        log.info("report %s started by %s (attempt %d): %d shards at %s", report_id, self.request.hostname,
-                 job["attempts"], len(plan["shards"]), jobs.iso_utc(plan["now_us"] * 1000))
+    """A job's first task: Running, the plan (one `now`, the shards), then the chord of shards and merge.
+    Each delivery of the task counts one attempt; its own database retries do not (see `_run_step`)."""
+    settings = worker_settings()
+    owner = _owner(self)
+    tries = 0
 
-    _run_step(self, report_id, step)
+    def begin():
+        nonlocal tries
+        tries += 1
+        with closing(database.connect(settings.database)) as conn:
+            return _begin(conn, report_id, owner, again=tries > 1)
+
+    job = _run_step(self, report_id, begin)
+    if job is None or job["status"] != "Running":
+        log.info("report %s: nothing to start (%s)", report_id, "no such job" if job is None else job["status"])
+        return
+
+    def launch():   # the attempt is counted: a database error while planning retries only this
+        plan = _plan(settings, job)
+        header, body = report_chord(report_id, plan)
+        chord(header)(body)
+        return plan
+
+    plan = _run_step(self, report_id, launch)
+    log.info("report %s started by %s (attempt %d): %d shards at %s", report_id, self.request.hostname,
+             job["attempts"], len(plan["shards"]), jobs.iso_utc(plan["now_us"] * 1000))
 
 
 def _plan(settings: Settings, job: dict) -> dict:
@@ -351,21 +417,27 @@ def _plan(settings: Settings, job: dict) -> dict:
 
 
 @app.task(name=SHARD_TASK, bind=True)
-def compute_shard(self, report_id: str, shard: int, shards: int, plan: dict) -> dict:
-    """One shard: computed and kept as a part in the database. Skipped when the job has ended or is gone."""
+def compute_shard(self, report_id: str, shard: int, shards: int, work: dict) -> dict:
+    """One shard: computed and kept as a part in the database. Skipped when the job has ended or is gone.
+    `work` is `shard_work`'s; the store_ids come from the job's row (as the start task planned with them)."""
     def step():
         settings = worker_settings()
         with closing(database.connect(settings.database)) as conn:
             job = database.get_report_job(conn, report_id)
             if job is None or job["status"] != "Running":
                 return {"shard": shard, "worker": self.request.hostname, "skipped": True}
-            _test_hold(self.request.hostname, report_id, shard)
-            key_range = plan["shards"][shard]
+            if _TEST_HOLD_FOLDER:   # a test hook (TEST_HOLD_ENV); None in production
+                _test_hook_hold_shard(self.request.hostname, report_id, shard)
+            if "key_range" in work:
+                key_range = work["key_range"]
+                store_ids = jobs.engine_arguments(settings, job["params"] or {})["store_ids"]
+            else:   # a message sent before shard_work existed carries the whole plan
+                key_range, store_ids = work["shards"][shard], work["store_ids"]
             frame, attrs, read_s, compute_s = report_generator._report_shard(
-                str(settings.database), plan["now_us"], None if key_range is None else tuple(key_range),
-                plan["store_ids"], plan["reach_minutes"], plan["default_timezone"], plan["extended"])
+                str(settings.database), work["now_us"], None if key_range is None else tuple(key_range),
+                store_ids, work["reach_minutes"], work["default_timezone"], work["extended"])
             body = encode_part(frame, attrs, read_s, compute_s, self.request.hostname or "")
-            database.store_report_part(conn, report_id, shard, shards, body)
+            database.store_report_part(conn, report_id, shard, shards, body)   # nothing once the job ended
         log.info("report %s: shard %d of %d computed by %s (%d rows, %d bytes)", report_id, shard + 1, shards,
                  self.request.hostname, len(frame), len(body))
         return {"shard": shard, "worker": self.request.hostname, "rows": len(frame)}
@@ -375,16 +447,16 @@ def compute_shard(self, report_id: str, shard: int, shards: int, plan: dict) -> 
 
 @app.task(name=MERGE_TASK, bind=True, max_retries=None)
 def merge_report(self, results, report_id: str, plan: dict) -> dict | None:
-    """The chord's body: merge the parts into the CSV, keep it in the database, complete the job."""
+    """The chord's body: merge the parts into the CSV, complete the job and keep the CSV in the database."""
     def step():
         settings = worker_settings()
         merge_started = time.time()
         with closing(database.connect(settings.database)) as conn:
-            job = database.get_report_job(conn, report_id)
-            if job is None or job["status"] != "Running":   # done (or failed, or deleted) already
-                with database.transaction(conn):
+            with database.transaction(conn):
+                job = database.get_report_job(conn, report_id)
+                if job is None or job["status"] != "Running":   # done (or failed, or deleted) already
                     database.delete_report_parts(conn, report_id)
-                return None
+                    return None
             parts = database.report_parts(conn, report_id)
             shards = len(plan["shards"])
             if len(parts) < shards:
@@ -403,13 +475,18 @@ def merge_report(self, results, report_id: str, plan: dict) -> dict | None:
                                                                   written - merge_started, shard_results),
                           meta=meta)
             with database.transaction(conn):
+                # The file only with the row that names it: a job failed or deleted meanwhile (the sweep, a
+                # DELETE, another merge) is not completed, and no file row is left without its job.
                 job = database.get_report_job(conn, report_id)
-                if job is None or job["status"] != "Running":
-                    database.delete_report_parts(conn, report_id)
-                    return None
-                database.store_report_file(conn, report_id, body)
-                database.mark_report_complete(conn, report_id, **record)
+                completed = (job is not None and job["status"] == "Running"
+                             and database.mark_report_complete(conn, report_id, **record))
+                if completed:
+                    database.store_report_file(conn, report_id, body)
                 database.delete_report_parts(conn, report_id)
+        if not completed:
+            log.info("report %s ended while it was merged (%s); the merge is discarded", report_id,
+                     "deleted" if job is None else job["status"])
+            return None
         workers = sorted({part[4] for part in decoded})
         log.info("report %s complete: %d rows from %d shards (computed by %s), merged by %s; %.2f s since its start",
                  report_id, len(frame), shards, ", ".join(workers), self.request.hostname, record["seconds"])
@@ -424,7 +501,8 @@ def merge_report(self, results, report_id: str, plan: dict) -> dict | None:
 
 def _wait_for_parts(task, report_id: str, missing: int, shards: int, settings: Settings):
     """Parts are missing: the chord counted a shard twice (it ran twice) before another one finished.
-    Look again a little later, for at most about two visibility timeouts; then fail the job."""
+    Look again a little later, for at most about two visibility timeouts; then fail the job. (Celery's
+    retry count is this wait's alone: database errors are retried inside the task, see `_run_step`.)"""
     limit = max(3, int((2 * settings.broker_visibility_timeout + 60) / MERGE_WAIT_SECONDS))
     log.info("report %s: %d of %d parts not stored yet; merging again in %d s", report_id, missing, shards,
              MERGE_WAIT_SECONDS)
@@ -443,17 +521,16 @@ def report_failed(request, exc, traceback, report_id: str) -> None:
     _fail(report_id, _failure_message(report_id, exc if isinstance(exc, BaseException) else Exception(exc)))
 
 
-def _test_hold(worker: str | None, report_id: str, shard: int) -> None:
-    """The tests' hook (TEST_HOLD_ENV): make this worker's shards slow or hold them. Nothing otherwise."""
-    folder = os.environ.get(TEST_HOLD_ENV)
-    if not folder:
-        return
+def _test_hook_hold_shard(worker: str | None, report_id: str, shard: int) -> None:
+    """TEST HOOK (TEST_HOLD_ENV, tests/test_cluster.py's kill -9 tests): make this worker's shards slow, or
+    hold them. Called only when the variable was set as the worker started; never in production."""
+    folder = Path(_TEST_HOLD_FOLDER)
     name = (worker or "").split("@")[0]
-    delay, hold = Path(folder) / f"{name}.delay", Path(folder) / f"{name}.hold"
+    delay, hold = folder / f"{name}.delay", folder / f"{name}.hold"
     if delay.exists():
         time.sleep(float(delay.read_text().strip() or 0))
     if hold.exists():
-        (Path(folder) / f"{name}.holding.{report_id}.{shard}").write_text(str(os.getpid()))
+        (folder / f"{name}.holding.{report_id}.{shard}").write_text(str(os.getpid()))
         deadline = time.monotonic() + 120
         while hold.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -477,14 +554,26 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: flo
     raise SystemExit(f"{what} did not listen on port {port} within {timeout:g} s")
 
 
+def throwaway_postgres(sqlite: bool, database_env: str | None) -> bool:
+    """Whether `cluster.py up` starts its own PostgreSQL: yes, unless SM_DATABASE already names a
+    PostgreSQL database (postgresql://...) or `--sqlite` asks for SM_DATABASE's SQLite file."""
+    return not sqlite and not storage.is_postgresql(database_env)
+
+
 def up(argv: list[str] | None = None) -> int:
-    """Redis, `--workers` Celery workers and the web server (gunicorn), all on this machine, until Ctrl-C."""
+    """PostgreSQL, Redis, `--workers` Celery workers and the web server (gunicorn), all on this machine,
+    until Ctrl-C. PostgreSQL is a throw-away server under .cluster/pg, unless SM_DATABASE is a
+    postgresql:// URL (that database is used) or --sqlite is given (SM_DATABASE's SQLite file is used);
+    Redis is started unless SM_BROKER_URL is set."""
     parser = argparse.ArgumentParser(prog="cluster.py up", description=up.__doc__)
     parser.add_argument("--workers", type=int, default=2, help="Celery workers to start (default 2)")
     parser.add_argument("--concurrency", type=int, default=1, help="processes per worker (default 1)")
-    parser.add_argument("--postgres", action="store_true",
-                        help="start a throw-away PostgreSQL under .cluster/pg and use it (else SM_DATABASE)")
+    parser.add_argument("--sqlite", action="store_true",
+                        help="use SM_DATABASE's SQLite file instead of a throw-away PostgreSQL (one machine only)")
+    parser.add_argument("--postgres", action="store_true", help=argparse.SUPPRESS)   # the default now; accepted
     args = parser.parse_args(argv)
+    if args.sqlite and args.postgres:
+        parser.error("--sqlite and --postgres exclude each other")
     settings = Settings.from_env()
     logs = CLUSTER_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -504,16 +593,25 @@ def up(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: interrupted.append(number))
     try:
-        if args.postgres:
+        if throwaway_postgres(args.sqlite, os.environ.get("SM_DATABASE")):
+            if os.environ.get("SM_DATABASE"):
+                print(f"SM_DATABASE ({describe_database(os.environ['SM_DATABASE'])}) is not PostgreSQL: it is "
+                      "not used (--sqlite uses it)", flush=True)
             shutil.rmtree(CLUSTER_DIR / "pg", ignore_errors=True)
-            postgres = local_servers.PostgreSQLServer(CLUSTER_DIR / "pg").start()
+            try:
+                postgres = local_servers.PostgreSQLServer(CLUSTER_DIR / "pg").start()
+            except RuntimeError as exc:   # ServerUnavailable (not installed) or a failed start
+                raise local_servers.ServerUnavailable(f"{exc}; or run with --sqlite (make cluster ARGS=--sqlite) "
+                                                      "to use SM_DATABASE's SQLite file on this machine") from None
             servers.append(postgres)
             env["SM_DATABASE"] = postgres.url()
-            print(f"started PostgreSQL: {storage.describe(env['SM_DATABASE'])}", flush=True)
+            print(f"started PostgreSQL: {describe_database(env['SM_DATABASE'])}", flush=True)
         database_location = env.get("SM_DATABASE") or str(settings.database)
-        if not storage.is_postgresql(database_location):
+        if storage.is_postgresql(database_location):
+            print(f"database: {describe_database(database_location)}", flush=True)
+        else:
             print(f"database: SQLite {database_location}: fine on one machine; workers on other hosts need "
-                  "PostgreSQL (SM_DATABASE=postgresql://..., or --postgres here)", flush=True)
+                  "PostgreSQL (SM_DATABASE=postgresql://..., or leave out --sqlite)", flush=True)
         if settings.broker_url:
             env["SM_BROKER_URL"] = settings.broker_url
             print("broker: SM_BROKER_URL from the environment (no Redis started)", flush=True)
@@ -530,8 +628,9 @@ def up(argv: list[str] | None = None) -> int:
                                    f"--concurrency={args.concurrency}", "--pool=prefork", "-n", f"w{n}@%h"])
         web = start("web", [sys.executable, "-m", "gunicorn", "--config", str(PROJECT_DIR / "gunicorn.conf.py")])
         _wait_for_port(settings.port, web, "the web server")
-        print(f"cluster up: http://{settings.host}:{settings.port} (broker {env['SM_BROKER_URL']}, "
-              f"{args.workers} workers); Ctrl-C stops everything", flush=True)
+        print(f"cluster up: http://{settings.host}:{settings.port} (broker "
+              f"{describe_database(env['SM_BROKER_URL'])}, {args.workers} workers); Ctrl-C stops everything",
+              flush=True)
         while not interrupted:
             for name, process in processes:
                 if process.poll() is not None:
@@ -540,7 +639,8 @@ def up(argv: list[str] | None = None) -> int:
                     break
             time.sleep(0.5)
     finally:
-        print("stopping: web, workers (their running tasks finish or go back to the queue), Redis", flush=True)
+        print("stopping: web, workers (their running tasks finish or go back to the queue), Redis, PostgreSQL",
+              flush=True)
         for name, process in reversed(processes):   # the web first, Redis last
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -558,7 +658,10 @@ def up(argv: list[str] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] != "up":
-        print("usage: python cluster.py up [--workers N] [--concurrency N] [--postgres]\n"
+        print("usage: python cluster.py up [--workers N] [--concurrency N] [--sqlite]\n"
+              "  starts a throw-away PostgreSQL (unless SM_DATABASE is a postgresql:// URL, or --sqlite: "
+              "SM_DATABASE's SQLite file),\n"
+              "  Redis (unless SM_BROKER_URL is set), N Celery workers and the web server\n"
               "workers: celery -A cluster worker (with SM_BROKER_URL and SM_DATABASE set)", file=sys.stderr)
         return 2
     try:

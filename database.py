@@ -32,7 +32,9 @@ def connect(location):
 
 
 def transaction(conn, immediate: bool = True):
-    """A context manager: one transaction on `conn` (SQLite: BEGIN IMMEDIATE, the write lock at once)."""
+    """A context manager: one transaction on `conn`, in which a check of the job table and the write that
+    follows are one step for every process (SQLite: BEGIN IMMEDIATE, the write lock at once; PostgreSQL:
+    the job table's advisory lock). It does not nest on either backend."""
     return backend(conn).transaction(conn, immediate)
 
 

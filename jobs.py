@@ -2,13 +2,16 @@
 
 The `reports` table (see `database.py`) is the queue, shared by every process serving the database. A
 job's life: `submit()` inserts a Queued row (refused with `QueueFull` while `queue_limit` jobs are Queued,
-counted in the table, so the limit holds for all processes together) and wakes this process's workers. A
-worker claims the oldest waiting job with one UPDATE inside BEGIN IMMEDIATE (`database.claim_report_job`),
-so exactly one thread of one process gets it: the job becomes Running, owned by this pool, under a lease of
-`job_lease_seconds`, and its `attempts` grows by one. A heartbeat thread renews the leases of the jobs this
-pool is running every third of the lease. The report is written to a file of its own attempt; recording
-the end checks that this pool still holds the job and renames the file to `reports_dir/<id>.csv` in the
-same transaction, so a run that lost its lease (its job was taken over) changes nothing.
+counted in the table, so the limit holds for all processes together; in cluster mode Queued and Running
+ones count) and wakes this process's workers. A worker claims the oldest waiting job with one UPDATE
+inside BEGIN IMMEDIATE (`database.claim_report_job`), so exactly one thread of one process gets it: the
+job becomes Running, owned by this pool, under a lease of `job_lease_seconds`, and its `attempts` grows
+by one. A heartbeat thread renews the leases of the jobs this pool is running every third of the lease.
+The report is written to a file of its own attempt; recording the end checks that this pool still holds
+the job and renames the file to `reports_dir/<id>.csv` in the same transaction, so a run that lost its
+lease (its job was taken over) changes nothing. On PostgreSQL (web processes on several hosts, each with
+its own reports folder) that transaction also keeps the CSV in the database (`database.store_report_file`),
+from which any host serves it (`reports_service.report_file_path`).
 
 Workers poll the table every `POLL_INTERVAL` seconds (a submission in the same process wakes them at once),
 so a job triggered through one process may run in another.
@@ -24,11 +27,15 @@ stored as the job's error. Anything else is a bug or an environment problem: the
 server log and the job gets a generic message naming the report id (never a stack trace).
 
 Cluster mode (`settings.broker_url`, SM_BROKER_URL): the reports run in Celery workers (cluster.py), on
-any number of hosts. `submit()` inserts the Queued row exactly as above (the limit still counts the table),
-then sends the job's first task to the broker; when the broker cannot be reached the job is marked Failed
-and `BrokerUnavailable` is raised (the API answers 503). `start()` starts no worker threads: web processes
-in cluster mode never claim a job, so embedded lease takeover never touches a Celery-run job (whose row
-carries a lease that never runs out, see cluster.py); the sweep of old reports and stray files still runs.
+any number of hosts. `submit()` inserts the Queued row as above, then sends the job's first task to the
+broker; when the broker cannot be reached the job is marked Failed and `BrokerUnavailable` is raised (the
+API answers 503). The limit counts the unfinished jobs, Queued and Running: a start task makes its job
+Running within moments, so counting the Queued ones alone would let a burst of triggers in at about twice
+the limit. `start()` starts no worker threads: web processes in cluster mode never claim a job, so embedded
+lease takeover never touches a Celery-run job (whose row carries a lease that never runs out, see
+cluster.py); the sweep of old reports and stray files still runs, and so does `fail_lost_jobs`, which fails
+the jobs whose tasks the broker lost (Redis restarted without persistence): Queued, or Running without any
+progress, for more than twice SM_BROKER_VISIBILITY_TIMEOUT.
 
 Threads: reports run in the worker threads themselves. The engine spends most of its time in SQLite
 and NumPy, which release the GIL, so requests stay responsive while a report runs. Each worker and the
@@ -54,6 +61,7 @@ import pandas as pd
 
 import database
 import report_generator
+import storage
 
 log = logging.getLogger("store_monitoring.jobs")
 
@@ -73,6 +81,10 @@ DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
 
 INTERRUPTED_ERROR = ("The report was interrupted twice (the service stopped while it was running) "
                      "and was not retried again; please trigger a new report.")
+# Cluster mode: a job no worker moved for twice the broker's visibility timeout (see fail_lost_jobs).
+LOST_TASK_ERROR = ("The report did not finish: the broker lost this report's task (or no report worker "
+                   "ran for a long time); trigger it again.")
+CLUSTER_OWNER_PREFIX = "celery:"   # the owner of a job a Celery worker runs (cluster.py)
 
 
 class BrokerUnavailable(Exception):
@@ -135,6 +147,12 @@ class ReportJobs:
         self._started = False
         self._recovered = False
         self._last_sweep = time.monotonic()
+        # Cluster mode: the unfinished jobs as fail_lost_jobs last saw them, {id: (what it saw, since when)}.
+        self._lost_lock = threading.Lock()
+        self._lost_watch: dict[str, tuple[tuple, float]] = {}
+        self._lost_window = 2 * float(getattr(settings, "broker_visibility_timeout", 300))
+        self._lost_interval = min(SWEEP_INTERVAL, max(1.0, self._lost_window / 4))
+        self._last_lost_check = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -230,7 +248,9 @@ class ReportJobs:
     def sweep(self) -> dict[str, int]:
         """Delete the reports that finished more than `report_retention_days` ago (rows and files), and
         the files no job needs: a run's files left by a killed process, reports whose job is gone.
-        Files of runs going on under a live lease, in any process, are kept. Returns what was removed."""
+        Files of runs going on under a live lease, in any process, are kept. In cluster mode, also fail
+        the jobs whose tasks the broker lost (`fail_lost_jobs`). Returns what was removed or failed."""
+        lost = len(self.fail_lost_jobs()) if self.cluster else 0
         cutoff = pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=self.settings.report_retention_days)
         conn = database.connect(self.database)
         try:
@@ -253,7 +273,65 @@ class ReportJobs:
             self.log.info("sweep: %d reports older than %g days deleted, %d stray files removed", len(expired),
                           self.settings.report_retention_days, stray)
         self._last_sweep = time.monotonic()
-        return {"expired": len(expired), "stray_files": stray}
+        return {"expired": len(expired), "stray_files": stray, "lost": lost}
+
+    def fail_lost_jobs(self, conn=None) -> list[str]:
+        """Cluster mode: mark Failed (LOST_TASK_ERROR) the jobs whose tasks the broker lost, which would
+        otherwise stay unfinished forever and hold a place in the queue limit; returns their ids.
+
+        A job is lost when nothing about it has moved, as seen by this process's calls (the sweep, and the
+        lease heartbeat every quarter of the window), for longer than twice SM_BROKER_VISIBILITY_TIMEOUT
+        (the window: a task a worker took and died with is delivered again within one timeout) and it
+        entered the queue longer ago than that. "Moved": for a Queued job (its start task never ran),
+        nothing but its status; for a Running Celery job, its progress (each stored shard moves it), its
+        attempts or its owner. Reports wait in the broker's queue behind those started before them, so a
+        job's clock also starts again while any Running job ahead of it moves or ends. The job table keeps
+        no time of the last progress: the clock is this process's own, started when it first saw the job
+        as it is (a restarted process waits one more window). A Running job is failed only while the
+        owner seen still holds it, and its shard results are dropped with it.
+
+        Also failed: jobs that no worker took for that long because none was running (the messages were
+        not lost then, and a worker started later finds the job Failed and does nothing)."""
+        if not self.cluster:
+            return []
+        own = conn is None
+        conn = database.connect(self.database) if own else conn
+        failed: list[str] = []
+        try:
+            with self._lost_lock, database.transaction(conn):   # the check and the writes: one step
+                now, wall = time.monotonic(), time.time()
+                queued = [job for job in database.waiting_report_jobs(conn) if job["status"] == "Queued"]
+                running = [job for job in (database.get_report_job(conn, report_id)
+                                           for report_id, _ in sorted(database.live_report_attempts(conn)))
+                           if job is not None and job["status"] == "Running"
+                           and str(job["owner"] or "").startswith(CLUSTER_OWNER_PREFIX)]
+                entered = {job["report_id"]: _epoch(job["started_at"] if job["status"] == "Running"
+                                                    else job["created_at"], wall) for job in queued + running}
+                watch: dict[str, tuple[tuple, float]] = {}
+                for job in queued + running:
+                    report_id = job["report_id"]
+                    ahead = frozenset((other["report_id"], other["progress"], other["attempts"], other["owner"])
+                                      for other in running if entered[other["report_id"]] < entered[report_id])
+                    seen = (job["status"], job["progress"], job["attempts"], job["owner"], ahead)
+                    before = self._lost_watch.get(report_id)
+                    since = before[1] if before is not None and before[0] == seen else now
+                    if now - since > self._lost_window and wall - entered[report_id] > self._lost_window:
+                        owner = job["owner"] if job["status"] == "Running" else None
+                        if database.mark_report_failed(conn, report_id, LOST_TASK_ERROR, owner=owner):
+                            database.delete_report_parts(conn, report_id)
+                            failed.append(report_id)
+                            continue
+                    watch[report_id] = (seen, since)
+                self._lost_watch = watch
+                self._last_lost_check = time.monotonic()
+        finally:
+            if own:
+                conn.close()
+        if failed:
+            self.log.warning("%d reports failed: nothing moved for %g s (twice SM_BROKER_VISIBILITY_TIMEOUT), "
+                             "their tasks were lost by the broker: %s", len(failed), self._lost_window,
+                             ", ".join(failed))
+        return failed
 
     def delete(self, report_id: str, conn=None) -> bool:
         """Remove a job and its report file; False if there was no such job."""
@@ -280,7 +358,7 @@ class ReportJobs:
         conn = database.connect(self.database) if own else conn
         try:
             with database.transaction(conn):  # the count and the insert are one step for all processes
-                if database.count_queued_report_jobs(conn) >= self.queue_limit:
+                if self._count_limited(conn) >= self.queue_limit:
                     raise QueueFull(self.queue_limit)
                 database.create_report_job(conn, report_id, params)
             if self.cluster:
@@ -321,14 +399,25 @@ class ReportJobs:
         return cluster.broker_status(self.sender())
 
     def depth(self, conn=None) -> int:
-        """Jobs waiting for their first run (Queued), in every process on this database."""
+        """The jobs the queue limit counts, in every process on this database: those waiting for their first
+        run (Queued); in cluster mode the Running ones too."""
         own = conn is None
         conn = database.connect(self.database) if own else conn
         try:
-            return database.count_queued_report_jobs(conn)
+            return self._count_limited(conn)
         finally:
             if own:
                 conn.close()
+
+    def _count_limited(self, conn) -> int:
+        """What `queue_limit` bounds. Embedded mode: the Queued jobs (a worker thread that takes one frees
+        its place). Cluster mode: the unfinished jobs, Queued and Running (every Running job holds a live
+        lease there, see cluster.CLUSTER_LEASE_UNTIL); a start task makes its job Running at once, so
+        counting Queued alone would let about twice the limit in."""
+        queued = database.count_queued_report_jobs(conn)
+        if not self.cluster:
+            return queued
+        return queued + len(database.live_report_attempts(conn))
 
     def alive(self) -> int:
         return sum(t.is_alive() for t in self._threads)
@@ -403,9 +492,14 @@ class ReportJobs:
                       seconds=round(float(outcome.seconds), 6),
                       timings={k: round(float(v), 6) for k, v in (outcome.timings or {}).items()},
                       meta=outcome.meta)
+        # PostgreSQL: web processes on other hosts, with reports folders of their own, serve this report
+        # too; they find the CSV in the database (reports_service.report_file_path).
+        body = part.read_bytes() if storage.is_postgresql(self.database) else None
         with database.transaction(conn):
             if not database.mark_report_complete(conn, report_id, owner=self.owner, **record):
                 return False
+            if body is not None:
+                database.store_report_file(conn, report_id, body)
             os.replace(part, self.reports_dir / file_name)  # the file appears with the row that names it
         self.log.info("report %s complete: %d rows in %.2f s", report_id, outcome.rows, outcome.seconds)
         return True
@@ -429,6 +523,11 @@ class ReportJobs:
                         self.sweep()
                     except Exception:  # the next interval tries again
                         self.log.warning("could not sweep old reports", exc_info=True)
+                if self.cluster and time.monotonic() - self._last_lost_check > self._lost_interval:
+                    try:
+                        self.fail_lost_jobs()
+                    except Exception:  # the next interval tries again
+                        self.log.warning("could not look for lost report jobs", exc_info=True)
                 with self._lock:
                     active = sorted(self._active)
                 if not active:
@@ -480,6 +579,11 @@ class _ProgressWriter:
             self.log.warning("could not record progress of report %s", self.report_id, exc_info=True)
             return
         self.last_value, self.last_time = value, now
+
+
+def _epoch(stamp: str | None, default: float) -> float:
+    """Unix seconds of a job table stamp (ISO 8601 UTC); `default` for none."""
+    return default if not stamp else _as_timestamp(stamp).timestamp()
 
 
 def _as_timestamp(value) -> pd.Timestamp | None:

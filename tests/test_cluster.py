@@ -16,16 +16,19 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import database
+import jobs
 import report_generator
 import sample_data
 from config import Settings
@@ -401,15 +404,15 @@ def test_tasks_run_again_change_nothing(sqlite_cluster, monkeypatch):
         assert cluster._plan(settings, job) == plan   # kept in Redis: the same plan again
         shards = len(plan["shards"])
         for shard in range(shards):
-            cluster.compute_shard.run(report_id, shard, shards, plan)
-        cluster.compute_shard.run(report_id, 0, shards, plan)   # delivered twice
+            cluster.compute_shard.run(report_id, shard, shards, cluster.shard_work(plan, shard))
+        cluster.compute_shard.run(report_id, 0, shards, cluster.shard_work(plan, 0))   # delivered twice
         assert len(database.report_parts(conn, report_id)) == shards
         assert database.get_report_job(conn, report_id)["progress"] == pytest.approx(0.9)
         cluster.merge_report.run([], report_id, plan)
         done = database.get_report_job(conn, report_id)
         assert done["status"] == "Complete" and database.report_parts(conn, report_id) == []
         assert database.report_file(conn, report_id) == sqlite_cluster.expected[False]
-        cluster.compute_shard.run(report_id, 1, shards, plan)   # a late duplicate: skipped, the job is done
+        cluster.compute_shard.run(report_id, 1, shards, cluster.shard_work(plan, 1))   # late: skipped, job done
         cluster.merge_report.run([], report_id, plan)           # and the merge again: nothing changes
         assert database.get_report_job(conn, report_id) == done
         assert database.report_parts(conn, report_id) == []
@@ -533,3 +536,163 @@ def test_against_postgresql_too(request, redis, tmp_path_factory):
             app_module.shutdown(flask_app, timeout=5)
     finally:
         running.stop()
+
+
+# --- database retries, the merge's end, the messages ------------------------------------------------------
+
+def test_database_errors_while_planning_count_one_attempt(sqlite_cluster, monkeypatch):
+    """Two transient database errors while the start task plans: retried inside the task, so the job has
+    one attempt (not 'interrupted twice'), and the real workers complete it."""
+    settings = sqlite_cluster.settings(sqlite_cluster.folder / "direct-reports")
+    monkeypatch.setattr(cluster, "_settings", settings)
+    monkeypatch.setattr(cluster, "DB_RETRY_SECONDS", 0)
+    plan_report, calls = report_generator.plan_report, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database is locked")
+        return plan_report(*args, **kwargs)
+
+    monkeypatch.setattr(report_generator, "plan_report", flaky)
+    report_id = "00000000-0000-4000-8000-000000000006"
+    with closing(database.connect(settings.database)) as conn:
+        database.create_report_job(conn, report_id, {"columns": "standard", "reach_minutes": REACH})
+    cluster.start_report.run(report_id)   # sends the chord to the cluster's workers
+    assert len(calls) == 3
+    job = wait_done(settings.database, report_id)
+    assert job["attempts"] == 1
+    with closing(database.connect(settings.database)) as conn:
+        assert [a["outcome"] for a in database.report_attempts(conn, report_id)] == ["Complete"]
+        assert database.report_file(conn, report_id) == sqlite_cluster.expected[False]
+
+
+def test_a_start_step_retried_after_its_commit_went_through_counts_once(storage_location):
+    """A database error that came with the commit's answer: the retry of the same delivery finds the job
+    Running under its own owner and takes that attempt as its own."""
+    with closing(database.connect(storage_location)) as conn:
+        report_id = "00000000-0000-4000-8000-000000000007"
+        database.create_report_job(conn, report_id, {})
+        first = cluster._begin(conn, report_id, "celery:a@here:1", again=False)
+        again = cluster._begin(conn, report_id, "celery:a@here:1", again=True)
+        assert first["attempts"] == again["attempts"] == 1
+        redelivered = cluster._begin(conn, report_id, "celery:b@here:2", again=True)   # another delivery
+        assert redelivered["attempts"] == 2
+        assert len(database.report_attempts(conn, report_id)) == 2
+
+
+class FakeTask:
+    """What _run_step reads of a bound task."""
+    name = "store_monitoring.merge_report"
+
+    def __init__(self, retries: int):
+        self.request = SimpleNamespace(retries=retries)
+
+
+def test_database_retries_are_counted_apart_from_the_merges_waits(sqlite_cluster, tmp_path, monkeypatch):
+    """A merge that already waited for missing parts (Celery's retry count 5) still gets its database retries;
+    a database error that persists fails the job after DB_RETRIES retries."""
+    location = tmp_path / "retries.sqlite3"
+    monkeypatch.setattr(cluster, "_settings", sqlite_cluster.settings(tmp_path / "reports", database=location))
+    monkeypatch.setattr(cluster, "DB_RETRY_SECONDS", 0)
+    report_id = "00000000-0000-4000-8000-000000000008"
+    with closing(database.connect(location)) as conn:
+        database.create_report_job(conn, report_id, {})
+        cluster.begin_attempt(conn, report_id, "celery:a@here:1")
+    calls = []
+
+    def flaky(failures):
+        def step():
+            calls.append(1)
+            if len(calls) <= failures:
+                raise sqlite3.OperationalError("database is locked")
+            return "merged"
+        return step
+
+    assert cluster._run_step(FakeTask(retries=5), report_id, flaky(cluster.DB_RETRIES)) == "merged"
+    assert len(calls) == cluster.DB_RETRIES + 1
+    with closing(database.connect(location)) as conn:
+        assert database.get_report_job(conn, report_id)["status"] == "Running"
+    calls.clear()
+    with pytest.raises(sqlite3.OperationalError):
+        cluster._run_step(FakeTask(retries=0), report_id, flaky(cluster.DB_RETRIES + 1))
+    assert len(calls) == cluster.DB_RETRIES + 1
+    with closing(database.connect(location)) as conn:
+        job = database.get_report_job(conn, report_id)
+    assert job["status"] == "Failed" and job["error"] == jobs.internal_error_message(report_id)
+
+
+@pytest.mark.parametrize("meanwhile", ["deleted", "failed"])
+def test_a_merge_of_a_job_that_ended_meanwhile_keeps_no_file(sqlite_cluster, monkeypatch, meanwhile):
+    """The job is deleted (DELETE /reports/<id>) or failed (the sweep) while its merge runs: the merge
+    completes nothing and keeps no CSV (no file row without its job)."""
+    settings = sqlite_cluster.settings(sqlite_cluster.folder / "direct-reports")
+    monkeypatch.setattr(cluster, "_settings", settings)
+    report_id = {"deleted": "00000000-0000-4000-8000-000000000009",
+                 "failed": "00000000-0000-4000-8000-00000000000a"}[meanwhile]
+    with closing(database.connect(settings.database)) as conn:
+        database.create_report_job(conn, report_id, {"columns": "standard", "reach_minutes": REACH})
+        job = cluster.begin_attempt(conn, report_id, "celery:test@here:1")
+        plan = cluster._plan(settings, job)
+        shards = len(plan["shards"])
+        for shard in range(shards):
+            cluster.compute_shard.run(report_id, shard, shards, cluster.shard_work(plan, shard))
+        csv_bytes = report_generator.csv_bytes
+
+        def end_it_meanwhile(frame):
+            with closing(database.connect(settings.database)) as other:
+                if meanwhile == "deleted":
+                    database.delete_report_job(other, report_id)
+                else:
+                    database.mark_report_failed(other, report_id, jobs.LOST_TASK_ERROR)
+            return csv_bytes(frame)
+
+        monkeypatch.setattr(report_generator, "csv_bytes", end_it_meanwhile)
+        assert cluster.merge_report.run([], report_id, plan) is None
+        assert database.report_file(conn, report_id) is None
+        assert database.report_parts(conn, report_id) == []
+        job = database.get_report_job(conn, report_id)
+    if meanwhile == "deleted":
+        assert job is None
+    else:
+        assert job["status"] == "Failed" and job["error"] == jobs.LOST_TASK_ERROR
+
+
+def test_a_shard_message_carries_only_its_own_range():
+    """The chord's messages: each shard gets its store_key range and the plan's shared values, never the
+    other shards' ranges or the store_ids, so a message does not grow with the number of shards."""
+    store_ids = [f"store-{n:05d}" for n in range(2000)]
+
+    def plan(shards):
+        return {"now_us": 1_674_670_402_479_220, "shards": [[n * 10, n * 10 + 9] for n in range(shards)],
+                "requested_as_of": None, "store_ids": store_ids, "extended": False, "reach_minutes": 120,
+                "default_timezone": "America/Chicago", "started": 0.0, "planned": 0.0}
+
+    sizes = {}
+    for shards in (4, 400):
+        header, body = cluster.report_chord("00000000-0000-4000-8000-00000000000b", plan(shards))
+        messages = [json.dumps(list(signature.args)) for signature in header.tasks]
+        assert len(messages) == shards
+        sizes[shards] = max(len(message) for message in messages)
+        last = header.tasks[-1].args
+        assert last[1:3] == (shards - 1, shards) and last[3]["key_range"] == [(shards - 1) * 10, (shards - 1) * 10 + 9]
+        assert "store_ids" not in last[3] and "shards" not in last[3]
+        assert body.args[1]["shards"] == plan(shards)["shards"]   # the merge: one message with the whole plan
+    assert sizes[400] < sizes[4] + 10 and sizes[400] < 300
+
+
+def test_make_cluster_starts_postgresql_unless_told_otherwise():
+    assert cluster.throwaway_postgres(False, None)
+    assert cluster.throwaway_postgres(False, "/tmp/store.sqlite3")             # SQLite only with --sqlite
+    assert not cluster.throwaway_postgres(False, "postgresql://u@db.example:5432/sm")
+    assert not cluster.throwaway_postgres(True, None)
+    assert not cluster.throwaway_postgres(True, "/tmp/store.sqlite3")
+    assert cluster.main([]) == 2
+    with pytest.raises(SystemExit):
+        cluster.up(["--sqlite", "--postgres"])
+
+
+def test_the_test_hook_is_off_unless_its_variable_was_set():
+    """The kill -9 tests' hold (cluster._test_hook_hold_shard) is read once at import: this process never
+    set SM_CLUSTER_TEST_HOLD, so a shard here pays nothing for it."""
+    assert cluster.TEST_HOLD_ENV not in os.environ and cluster._TEST_HOLD_FOLDER is None

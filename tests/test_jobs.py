@@ -92,6 +92,7 @@ def test_submit_runs_job_to_complete(settings, pools):
     assert call["as_of"] == pd.Timestamp("2023-01-25 18:00", tz="UTC")
     assert call["store_ids"] == ["a", "b"] and call["extended"] is True
     assert call["default_timezone"] == settings.default_timezone
+    assert database.report_file(conn, report_id) is None   # SQLite: one host, the reports folder is enough
 
 
 def test_progress_is_recorded_while_running(settings, pools):
@@ -463,7 +464,7 @@ def test_sweep_deletes_old_reports_and_stray_files_but_not_live_runs(settings, p
     }
     for name in files:
         (settings.reports_dir / name).write_text("x")
-    assert pool.sweep() == {"expired": 1, "stray_files": 3}
+    assert pool.sweep() == {"expired": 1, "stray_files": 3, "lost": 0}
     assert database.get_report_job(conn, old) is None and not (settings.reports_dir / f"{old}.csv").exists()
     assert database.report_attempts(conn, old) == []
     assert (settings.reports_dir / f"{recent}.csv").exists()
@@ -548,3 +549,174 @@ def test_a_read_only_reports_folder_is_named_in_the_jobs_error(settings, pools, 
     job = wait_for(conn, pool.submit({}))
     assert job["status"] == "Failed" and "read-only" in job["error"], job["error"]
     conn.close()
+
+
+# --- PostgreSQL: several hosts, each with its own reports folder ----------------------------------------------
+
+def test_on_postgresql_a_report_made_on_one_host_downloads_from_another(postgresql_url, tmp_path):
+    """Embedded mode, two hosts on one PostgreSQL (`make run` on each): host A runs the report, host B (no
+    report threads, an empty reports folder of its own) sends the CSV all the same, from the database."""
+    import app as app_module
+
+    host_a = Settings(database=postgresql_url, reports_dir=tmp_path / "host-a", data_dir=tmp_path / "data",
+                      workers=1, queue_limit=3)
+    host_b = Settings(database=postgresql_url, reports_dir=tmp_path / "host-b", data_dir=tmp_path / "data",
+                      workers=1, queue_limit=3)
+    runner = app_module.create_app(host_a, generate=FakeEngine())
+    other = app_module.create_app(host_b, start_workers=False)
+    try:
+        client = other.test_client()
+        answer = client.post("/trigger_report", json={})
+        assert answer.status_code == 202, answer.get_data(as_text=True)
+        report_id = answer.get_json()["report_id"]
+        conn = database.connect(postgresql_url)
+        job = wait_for(conn, report_id)
+        assert job["status"] == "Complete", job["error"]
+        made = (host_a.reports_dir / f"{report_id}.csv").read_bytes()
+        assert database.report_file(conn, report_id) == made   # kept with the row that says Complete
+        assert not (host_b.reports_dir / f"{report_id}.csv").exists()
+        answer = client.get(f"/reports/{report_id}.csv")
+        assert answer.status_code == 200 and answer.data == made
+        assert (host_b.reports_dir / f"{report_id}.csv").read_bytes() == made   # cached on host B now
+        # deleting the report removes the kept copy too
+        assert client.delete(f"/reports/{report_id}").status_code in (200, 204)
+        assert database.report_file(conn, report_id) is None
+    finally:
+        app_module.shutdown(runner, timeout=5)
+        app_module.shutdown(other, timeout=5)
+
+
+# --- cluster mode (no broker needed: the tasks are never sent here) --------------------------------------------
+
+CELERY_LEASE = 253402300799.0   # cluster.CLUSTER_LEASE_UNTIL (not imported: no Celery needed here)
+
+
+@pytest.fixture
+def cluster_settings(tmp_path):
+    (tmp_path / "reports").mkdir()
+    return Settings(database=tmp_path / "db.sqlite3", reports_dir=tmp_path / "reports", data_dir=tmp_path / "data",
+                    workers=2, queue_limit=3, broker_url="redis://127.0.0.1:9/0", broker_visibility_timeout=60)
+
+
+def start_celery_job(conn, report_id: str, worker: str = "w1") -> dict:
+    """What a start task does to the job row (cluster.begin_attempt)."""
+    return database.start_report_attempt(conn, report_id, f"celery:{worker}@host:1", lease_until=CELERY_LEASE,
+                                         max_attempts=jobs.MAX_ATTEMPTS, exhausted_error=jobs.INTERRUPTED_ERROR,
+                                         owner_prefix="celery:")
+
+
+def test_in_cluster_mode_the_queue_limit_counts_running_jobs_too(cluster_settings, pools, monkeypatch):
+    """A start task makes its job Running at once: a burst of triggers must still stop at the limit."""
+    pool = pools(cluster_settings)
+    sent = []
+    monkeypatch.setattr(pool, "_enqueue", lambda conn, report_id: sent.append(report_id))
+    conn = database.connect(cluster_settings.database)
+    first = [pool.submit({}) for _ in range(2)]
+    for report_id in first:   # the workers took them
+        assert start_celery_job(conn, report_id)["status"] == "Running"
+    pool.submit({})
+    assert pool.depth() == 3 == cluster_settings.queue_limit
+    with pytest.raises(jobs.QueueFull):
+        pool.submit({})
+    assert len(sent) == 3 and conn.execute("SELECT COUNT(*) FROM reports").fetchone()[0] == 3
+    database.mark_report_complete(conn, first[0], file="x.csv", rows=0, as_of="2023-01-25T18:00:00Z", seconds=1)
+    assert pool.depth() == 2
+    pool.submit({})   # a finished job frees its place
+    with pytest.raises(jobs.QueueFull):
+        pool.submit({})
+
+
+class Clock:
+    """jobs.time for a test: the real clocks plus an offset the test moves forward."""
+
+    def __init__(self):
+        self.offset = 0.0
+
+    def time(self):
+        return time.time() + self.offset
+
+    def monotonic(self):
+        return time.monotonic() + self.offset
+
+    def sleep(self, seconds):
+        time.sleep(seconds)
+
+
+def test_the_sweep_fails_cluster_jobs_whose_tasks_the_broker_lost(cluster_settings, pools, monkeypatch):
+    """Redis restarted without persistence: a Queued job's start task, or a Running job's shards, are gone.
+    After twice the visibility timeout without any movement the sweep fails them; jobs that move, or wait
+    behind a job that moves, are left alone, and so are embedded and finished jobs."""
+    from dataclasses import replace
+
+    settings = replace(cluster_settings, broker_visibility_timeout=1)   # the window: 2 s
+    clock = Clock()
+    monkeypatch.setattr(jobs, "time", clock)
+    pool = pools(settings)
+    conn = database.connect(settings.database)
+    ids = {name: f"00000000-0000-4000-8000-00000000000{n}" for n, name in
+           enumerate(["queued", "stalled", "moving", "behind", "embedded", "done"], 1)}
+    for name, report_id in ids.items():
+        database.create_report_job(conn, report_id, {})
+        time.sleep(0.005)   # distinct stamps (milliseconds): the order the broker's queue has them in
+        if name in ("stalled", "moving", "behind", "done"):
+            start_celery_job(conn, report_id)
+        time.sleep(0.005)
+    database.mark_report_complete(conn, ids["done"], file="x.csv", rows=0, as_of="2023-01-25T18:00:00Z", seconds=1)
+    assert database.claim_report_job(conn, "host:1:abc", 60, max_attempts=2, exhausted_error="x")["report_id"] \
+        == ids["queued"]   # the oldest waiting job: give it back, then claim the embedded one
+    conn.execute("UPDATE reports SET status = 'Queued', owner = NULL, lease_until = NULL, attempts = 0 "
+                 "WHERE report_id = ?", (ids["queued"],))
+    conn.execute("UPDATE reports SET status = 'Running', owner = 'host:1:abc', lease_until = ? "
+                 "WHERE report_id = ?", (time.time() + 3600, ids["embedded"]))
+
+    def status(name):
+        return database.get_report_job(conn, ids[name])["status"]
+
+    assert pool.sweep()["lost"] == 0            # the first look: nothing is known to have stood still yet
+    clock.offset += 1.5
+    database.store_report_part(conn, ids["moving"], 0, 4, b"part")
+    assert pool.fail_lost_jobs() == []          # 1.5 s: within the window
+    clock.offset += 1.5
+    database.store_report_part(conn, ids["moving"], 1, 4, b"part")
+    assert sorted(pool.fail_lost_jobs()) == sorted([ids["queued"], ids["stalled"]])   # 3 s without a move
+    for name in ("queued", "stalled"):
+        job = database.get_report_job(conn, ids[name])
+        assert job["status"] == "Failed" and job["error"] == jobs.LOST_TASK_ERROR
+        assert "the broker lost this report's task" in job["error"] and "trigger it again" in job["error"]
+    assert database.report_attempts(conn, ids["stalled"])[-1]["outcome"] == "Failed"
+    assert [status(name) for name in ("moving", "behind", "embedded", "done")] == [
+        "Running", "Running", "Running", "Complete"]
+    # `moving` ends: `behind` (whose shards waited behind its shards) starts its own clock again then
+    database.mark_report_complete(conn, ids["moving"], file="x.csv", rows=0, as_of="2023-01-25T18:00:00Z",
+                                  seconds=1)
+    clock.offset += 1.5
+    assert pool.fail_lost_jobs() == []
+    clock.offset += 1.5
+    assert pool.fail_lost_jobs() == []          # 1.5 s since `moving` ended
+    clock.offset += 1.0
+    assert pool.fail_lost_jobs() == [ids["behind"]]
+    assert database.report_parts(conn, ids["behind"]) == []
+    assert status("embedded") == "Running"      # an embedded job's lease is the embedded pools' business
+    assert pool.sweep()["lost"] == 0
+
+
+def test_a_lost_job_is_not_failed_when_it_moves_or_in_embedded_mode(cluster_settings, settings, pools, monkeypatch):
+    from dataclasses import replace
+
+    clock = Clock()
+    monkeypatch.setattr(jobs, "time", clock)
+    pool = pools(replace(cluster_settings, broker_visibility_timeout=1))
+    embedded = pools(replace(settings, database=cluster_settings.database))
+    conn = database.connect(cluster_settings.database)
+    report_id = "00000000-0000-4000-8000-000000000001"
+    database.create_report_job(conn, report_id, {})
+    assert pool.fail_lost_jobs() == [] and embedded.fail_lost_jobs() == []
+    clock.offset += 1.5
+    start_celery_job(conn, report_id)           # its start task ran (late): Running now
+    assert pool.fail_lost_jobs() == []
+    clock.offset += 1.5
+    start_celery_job(conn, report_id, "w2")     # delivered again (its worker died): it moved
+    assert pool.fail_lost_jobs() == [] and embedded.fail_lost_jobs() == []
+    clock.offset += 2.5
+    assert embedded.fail_lost_jobs() == [] and embedded.sweep()["lost"] == 0
+    assert pool.fail_lost_jobs() == [report_id]
