@@ -118,17 +118,6 @@ def sqlite_path(location) -> Path:
     return Path(text[len(SQLITE_SCHEME):] if text.startswith(SQLITE_SCHEME) else text)
 
 
-def describe(location) -> str:
-    """A location as logs and messages show it: a PostgreSQL URL without its password."""
-    if not is_postgresql(location):
-        return str(sqlite_path(location))
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    info = conninfo_to_dict(location)
-    info.pop("password", None)
-    return "postgresql: " + make_conninfo(**info)
-
-
 def backend(target) -> ModuleType:
     """The backend module for a location (path or URL) or for one of its connections."""
     if isinstance(target, sqlite3.Connection):

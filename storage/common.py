@@ -230,3 +230,14 @@ def report_inputs(now_us: int, stores: list, block_keys: np.ndarray, packed: np.
     zones = pd.DataFrame(zone_rows, columns=ZONE_COLUMNS, dtype=object)
     special = pd.DataFrame(special_rows, columns=SPECIAL_COLUMNS, dtype=object)
     return ReportInputs(polls, hours, zones, pd.Timestamp(now_us, unit="us", tz="UTC"), special)
+
+
+# The figures of `data_facts` that both backends read with the same SQL (plain SQL, no parameters).
+FACTS_WITHOUT_HOURS = """SELECT COUNT(*) FROM stores s WHERE NOT EXISTS
+    (SELECT 1 FROM business_hours h WHERE h.store_id = s.store_id)"""
+FACTS_ZONES = """SELECT TRIM(COALESCE(z.timezone_str, '')) AS zone, COUNT(*) FROM stores s
+    LEFT JOIN timezones z ON z.store_id = s.store_id GROUP BY 1"""
+FACTS_SPECIAL = "SELECT COUNT(*), COUNT(DISTINCT store_id) FROM special_hours"
+FACTS_NOT_POLLED = """SELECT COUNT(*) FROM (
+    SELECT store_id FROM business_hours UNION SELECT store_id FROM timezones) AS k
+    WHERE NOT EXISTS (SELECT 1 FROM stores s WHERE s.store_id = k.store_id)"""

@@ -1047,15 +1047,10 @@ def data_facts(conn: psycopg.Connection, loads: int) -> dict:
                                 ORDER BY p.timestamp_us LIMIT 1) f
             CROSS JOIN LATERAL (SELECT p.timestamp_us AS t FROM store_status p WHERE p.store_key = s.store_key
                                 ORDER BY p.timestamp_us DESC LIMIT 1) l""").fetchone()
-        without_hours = cursor.execute("""SELECT COUNT(*) FROM stores s WHERE NOT EXISTS
-            (SELECT 1 FROM business_hours h WHERE h.store_id = s.store_id)""").fetchone()[0]
-        zones = cursor.execute("""SELECT TRIM(COALESCE(z.timezone_str, '')), COUNT(*) FROM stores s
-            LEFT JOIN timezones z ON z.store_id = s.store_id GROUP BY 1""").fetchall()
-        special_rows, special_stores = cursor.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT store_id) FROM special_hours").fetchone()
-        not_polled = cursor.execute("""SELECT COUNT(*) FROM (
-            SELECT store_id FROM business_hours UNION SELECT store_id FROM timezones) AS k
-            WHERE NOT EXISTS (SELECT 1 FROM stores s WHERE s.store_id = k.store_id)""").fetchone()[0]
+        without_hours = cursor.execute(common.FACTS_WITHOUT_HOURS).fetchone()[0]
+        zones = cursor.execute(common.FACTS_ZONES).fetchall()
+        special_rows, special_stores = cursor.execute(common.FACTS_SPECIAL).fetchone()
+        not_polled = cursor.execute(common.FACTS_NOT_POLLED).fetchone()[0]
         recent = recent_loads(conn, limit=loads)
     return common.data_facts(stores, polls, first, last, without_hours, zones, special_rows, special_stores,
                              not_polled, recent)

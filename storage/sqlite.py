@@ -1168,15 +1168,10 @@ def data_facts(conn: sqlite3.Connection, loads: int) -> dict:
             SELECT MIN((SELECT MIN(p.timestamp_us) FROM store_status p WHERE p.store_key = s.store_key)),
                    MAX((SELECT MAX(p.timestamp_us) FROM store_status p WHERE p.store_key = s.store_key))
             FROM stores s""").fetchone()
-        without_hours = conn.execute("""SELECT COUNT(*) FROM stores s WHERE NOT EXISTS
-            (SELECT 1 FROM business_hours h WHERE h.store_id = s.store_id)""").fetchone()[0]
-        zones = conn.execute("""SELECT TRIM(COALESCE(z.timezone_str, '')) AS zone, COUNT(*) FROM stores s
-            LEFT JOIN timezones z ON z.store_id = s.store_id GROUP BY 1""").fetchall()
-        special_rows, special_stores = conn.execute(
-            "SELECT COUNT(*), COUNT(DISTINCT store_id) FROM special_hours").fetchone()
-        not_polled = conn.execute("""SELECT COUNT(*) FROM (
-            SELECT store_id FROM business_hours UNION SELECT store_id FROM timezones) AS k
-            WHERE NOT EXISTS (SELECT 1 FROM stores s WHERE s.store_id = k.store_id)""").fetchone()[0]
+        without_hours = conn.execute(common.FACTS_WITHOUT_HOURS).fetchone()[0]
+        zones = conn.execute(common.FACTS_ZONES).fetchall()
+        special_rows, special_stores = conn.execute(common.FACTS_SPECIAL).fetchone()
+        not_polled = conn.execute(common.FACTS_NOT_POLLED).fetchone()[0]
         recent = recent_loads(conn, limit=loads)
     return common.data_facts(stores, polls, first, last, without_hours, zones, special_rows, special_stores,
                              not_polled, recent)

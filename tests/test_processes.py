@@ -26,6 +26,7 @@ import pytest
 
 import database
 import sample_data
+from local_servers import wait_until
 
 pytestmark = pytest.mark.multiprocess
 
@@ -177,16 +178,6 @@ def engine_runs(*servers: Server) -> dict[str, list[tuple[int, str]]]:
         for report_id, attempt, owner in STARTED_RE.findall(server.log()):
             runs.setdefault(report_id, []).append((int(attempt), owner))
     return runs
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 def all_finished(db_path: Path, ids) -> bool:
