@@ -258,6 +258,9 @@ def request_settings() -> Settings:
 
 # --- errors -----------------------------------------------------------------------------------------
 
+DATABASE_RETRY_AFTER = 10   # seconds a client is asked to wait when the database cannot be reached
+
+
 def _json_errors() -> bool:
     """API errors are JSON; the pages answer their own errors in HTML (their blueprint's handlers)."""
     return PAGES not in request.blueprints
@@ -285,6 +288,12 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
+        if isinstance(exc, database.unavailable_errors()):
+            # The database is down, unreachable or locked too long (not a bug of this request): say so,
+            # and when to try again.
+            log.error("%s %s: the database cannot be reached: %s", request.method, request.path, exc)
+            return error_response(503, "the database is not available at the moment; please try again later",
+                                  {"Retry-After": str(DATABASE_RETRY_AFTER)})
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(500, "internal server error; the details are in the server log")
 

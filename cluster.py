@@ -134,6 +134,10 @@ def celery_config(settings: Settings, *, worker: bool = True) -> dict:
         "unacked_restore_interval": max(1, min(10, visibility // 4)),
         "unacked_restore_throttle": 1,
         "socket_connect_timeout": 5,
+        # A Redis that accepts connections but does not answer (frozen, overloaded) must not hang a web
+        # request or /health: every command gives up after this long (a web process only sends and asks;
+        # a worker's BRPOP polls every second).
+        "socket_timeout": 10 if worker else 3,
     }
     config = {
         "broker_url": settings.broker_url,
@@ -153,6 +157,8 @@ def celery_config(settings: Settings, *, worker: bool = True) -> dict:
         config.update({
             "result_backend": settings.broker_url,   # chords need one; Redis holds their counters
             "result_backend_transport_options": {"visibility_timeout": visibility},
+            "redis_socket_timeout": 10,
+            "redis_socket_connect_timeout": 5,
             "result_expires": 86400,
             "worker_send_task_events": False,
         })
@@ -196,13 +202,33 @@ def enqueue(sender: Celery, report_id: str) -> None:
 
 
 def broker_status(sender: Celery, timeout: float = 2.0) -> str:
-    """'ok' if the broker answers within `timeout` seconds, else why not (for /health)."""
+    """'ok' if the broker answers a PING, else why not (for /health): the connection within `timeout`
+    seconds, the answer within the web side's socket timeout (3 s). A connection alone proves little: a
+    frozen Redis still accepts them (the kernel does)."""
     try:
         with sender.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2, timeout=timeout)
+            connection.default_channel.client.ping()   # gives up after the socket timeout (3 s)
         return "ok"
     except Exception as exc:  # any failure to reach it is the answer
         return f"unreachable: {type(exc).__name__}: {exc}"
+
+
+def broker_pending(sender: Celery) -> int | None:
+    """Messages in the broker for this service: waiting in its queue or taken by a worker and not yet
+    acknowledged (acks_late: a running task's message stays unacknowledged; so does a retry waiting for
+    its countdown). None when the broker cannot be asked. While a report is unfinished and alive, at
+    least one of its tasks is in one of the two: an idle broker means its tasks were lost."""
+    try:
+        with sender.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0.2, interval_step=0.2, timeout=2)
+            channel = connection.default_channel
+            client = channel.client
+            # kombu keeps a queue as one Redis list per priority step (channel._q_for_pri names them).
+            lists = {channel._q_for_pri(QUEUE, step) for step in channel.priority_steps}
+            return sum(int(client.llen(name)) for name in lists) + int(client.hlen(channel.unacked_key))
+    except BROKER_ERRORS:
+        return None
 
 
 # What sending to an unreachable broker raises (kombu wraps most of it in its OperationalError).
@@ -286,12 +312,15 @@ def _fail(report_id: str, message: str) -> bool:
 
 
 def _failure_message(report_id: str, exc: BaseException) -> str:
-    """What the job says about an error: a ReportError's own message, a disk problem, or the generic one."""
+    """What the job says about an error: a ReportError's own message, a disk problem, the database being
+    away (after the task's retries), or the generic one."""
     if isinstance(exc, report_generator.ReportError):
         return str(exc) or "the report could not be generated from the current data"
     if isinstance(exc, OSError) and exc.errno in jobs.DISK_ERRORS:
         return (f"The report could not be written: {jobs.DISK_ERRORS[exc.errno]} "
                 f"({os.strerror(exc.errno)}); please tell the operator.")
+    if isinstance(exc, database.unavailable_errors()):
+        return "The report failed: the database was not available while it ran; trigger it again."
     return jobs.internal_error_message(report_id)
 
 

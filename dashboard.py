@@ -26,6 +26,7 @@ from flask import Blueprint, current_app, redirect, render_template, request, ur
 from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
+import database
 import reports_service as service
 import timeline_chart
 
@@ -126,6 +127,9 @@ def _http_error(exc: HTTPException):
 
 @pages.errorhandler(Exception)
 def _unexpected(exc: Exception):
+    if isinstance(exc, database.unavailable_errors()):
+        log.error("%s %s: the database cannot be reached: %s", request.method, request.path, exc)
+        return _error_page(503, "The database is not available at the moment; please try again in a little while.")
     log.exception("unhandled error in %s %s", request.method, request.path)
     return _error_page(500, "Something went wrong on our side; the details are in the server log.")
 

@@ -43,6 +43,11 @@ def errors() -> tuple[type[BaseException], ...]:
     return storage.errors()
 
 
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """Those of `errors()` that mean the database cannot be used now (the service answers 503)."""
+    return storage.unavailable_errors()
+
+
 # --- report jobs --------------------------------------------------------------------------------------
 
 def create_report_job(conn, report_id: str, params: dict) -> None:

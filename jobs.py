@@ -82,8 +82,7 @@ DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota i
 INTERRUPTED_ERROR = ("The report was interrupted twice (the service stopped while it was running) "
                      "and was not retried again; please trigger a new report.")
 # Cluster mode: a job no worker moved for twice the broker's visibility timeout (see fail_lost_jobs).
-LOST_TASK_ERROR = ("The report did not finish: the broker lost this report's task (or no report worker "
-                   "ran for a long time); trigger it again.")
+LOST_TASK_ERROR = "The report did not finish: the broker lost this report's tasks; trigger it again."
 CLUSTER_OWNER_PREFIX = "celery:"   # the owner of a job a Celery worker runs (cluster.py)
 
 
@@ -276,24 +275,23 @@ class ReportJobs:
         return {"expired": len(expired), "stray_files": stray, "lost": lost}
 
     def fail_lost_jobs(self, conn=None) -> list[str]:
-        """Cluster mode: mark Failed (LOST_TASK_ERROR) the jobs whose tasks the broker lost, which would
-        otherwise stay unfinished forever and hold a place in the queue limit; returns their ids.
+        """Cluster mode: mark Failed (LOST_TASK_ERROR) the jobs whose tasks the broker lost (a Redis
+        restarted without persistence), which would otherwise stay unfinished forever and hold a place in
+        the queue limit; returns their ids.
 
-        A job is lost when nothing about it has moved, as seen by this process's calls (the sweep, and the
-        lease heartbeat every quarter of the window), for longer than twice SM_BROKER_VISIBILITY_TIMEOUT
-        (the window: a task a worker took and died with is delivered again within one timeout) and it
-        entered the queue longer ago than that. "Moved": for a Queued job (its start task never ran),
-        nothing but its status; for a Running Celery job, its progress (each stored shard moves it), its
-        attempts or its owner. Reports wait in the broker's queue behind those started before them, so a
-        job's clock also starts again while any Running job ahead of it moves or ends. The job table keeps
-        no time of the last progress: the clock is this process's own, started when it first saw the job
-        as it is (a restarted process waits one more window). A Running job is failed only while the
-        owner seen still holds it, and its shard results are dropped with it.
-
-        Also failed: jobs that no worker took for that long because none was running (the messages were
-        not lost then, and a worker started later finds the job Failed and does nothing)."""
+        A job is lost when the broker holds no message of the service at all (`cluster.broker_pending`:
+        none queued, none taken and unacknowledged; a live report always has one of its tasks there) and
+        nothing about the job has moved for longer than twice SM_BROKER_VISIBILITY_TIMEOUT, and it entered
+        the queue longer ago than that. "Moved": its status, progress (each stored shard moves it),
+        attempts or owner, as seen by this process's calls (the sweep, and the lease heartbeat every
+        quarter of the window); the job table keeps no time of the last progress, so the clock is this
+        process's own (a restarted process waits one more window). While the broker holds messages (a
+        backlog, or no worker running) or cannot be asked, nothing is failed: those jobs' tasks are still
+        there. A Running job is failed only while the owner seen still holds it; its shard results go with it.
+        """
         if not self.cluster:
             return []
+        pending = self.broker_pending()   # asked first: a task sent after this is in a job seen as new
         own = conn is None
         conn = database.connect(self.database) if own else conn
         failed: list[str] = []
@@ -305,17 +303,14 @@ class ReportJobs:
                                            for report_id, _ in sorted(database.live_report_attempts(conn)))
                            if job is not None and job["status"] == "Running"
                            and str(job["owner"] or "").startswith(CLUSTER_OWNER_PREFIX)]
-                entered = {job["report_id"]: _epoch(job["started_at"] if job["status"] == "Running"
-                                                    else job["created_at"], wall) for job in queued + running}
                 watch: dict[str, tuple[tuple, float]] = {}
                 for job in queued + running:
                     report_id = job["report_id"]
-                    ahead = frozenset((other["report_id"], other["progress"], other["attempts"], other["owner"])
-                                      for other in running if entered[other["report_id"]] < entered[report_id])
-                    seen = (job["status"], job["progress"], job["attempts"], job["owner"], ahead)
+                    entered = _epoch(job["started_at"] if job["status"] == "Running" else job["created_at"], wall)
+                    seen = (job["status"], job["progress"], job["attempts"], job["owner"])
                     before = self._lost_watch.get(report_id)
                     since = before[1] if before is not None and before[0] == seen else now
-                    if now - since > self._lost_window and wall - entered[report_id] > self._lost_window:
+                    if pending == 0 and now - since > self._lost_window and wall - entered > self._lost_window:
                         owner = job["owner"] if job["status"] == "Running" else None
                         if database.mark_report_failed(conn, report_id, LOST_TASK_ERROR, owner=owner):
                             database.delete_report_parts(conn, report_id)
@@ -328,8 +323,8 @@ class ReportJobs:
             if own:
                 conn.close()
         if failed:
-            self.log.warning("%d reports failed: nothing moved for %g s (twice SM_BROKER_VISIBILITY_TIMEOUT), "
-                             "their tasks were lost by the broker: %s", len(failed), self._lost_window,
+            self.log.warning("%d reports failed: the broker holds none of their tasks and nothing moved for %g s "
+                             "(twice SM_BROKER_VISIBILITY_TIMEOUT): %s", len(failed), self._lost_window,
                              ", ".join(failed))
         return failed
 
@@ -397,6 +392,13 @@ class ReportJobs:
         import cluster
 
         return cluster.broker_status(self.sender())
+
+    def broker_pending(self) -> int | None:
+        """Cluster mode: the broker's messages of the service, queued or unacknowledged
+        (cluster.broker_pending); None when it cannot be asked."""
+        import cluster
+
+        return cluster.broker_pending(self.sender())
 
     def depth(self, conn=None) -> int:
         """The jobs the queue limit counts, in every process on this database: those waiting for their first

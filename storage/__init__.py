@@ -118,6 +118,19 @@ def sqlite_path(location) -> Path:
     return Path(text[len(SQLITE_SCHEME):] if text.startswith(SQLITE_SCHEME) else text)
 
 
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """The part of `errors()` that means the database cannot be used now (down, unreachable, locked for too
+    long, out of disk) rather than a mistake in a statement: each driver's OperationalError."""
+    found: list[type[BaseException]] = [sqlite3.OperationalError]
+    try:
+        import psycopg
+    except ImportError:
+        pass
+    else:
+        found.append(psycopg.OperationalError)
+    return tuple(found)
+
+
 def backend(target) -> ModuleType:
     """The backend module for a location (path or URL) or for one of its connections."""
     if isinstance(target, sqlite3.Connection):

@@ -82,3 +82,30 @@ def storage_location(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "store.sqlite3")
     return request.getfixturevalue("postgresql_url")
+
+
+# --- a throw-away Redis server, for the tests of cluster mode ---------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """redis-server on a free loopback port for this test session (nothing kept on disk), stopped at the
+    end. Skips when redis-server is not installed."""
+    try:
+        server = local_servers.RedisServer(tmp_path_factory.mktemp("redis"))
+    except local_servers.ServerUnavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The URL of a Redis database (number 15) of the session's server, emptied before and after a test."""
+    import redis
+
+    url = f"{redis_server.url}/15"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()

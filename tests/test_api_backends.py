@@ -331,3 +331,36 @@ def test_health_and_metrics(service, dataset):
     assert 'store_monitoring_rows_ingested_total{outcome="rejected",table="store_status"} 1.0' in text
     assert 'store_monitoring_rows_ingested_total{outcome="new",table="special_hours"}' in text
     assert client.get("/health").get_json()["status"] == "ok"
+
+
+def test_a_database_that_goes_away_gives_503_not_500(tmp_path):
+    """PostgreSQL stopped under a running service: the API answers 503 with Retry-After (JSON), the pages
+    a 503 page, /health 503 with the reason; no 500, no stack trace."""
+    import local_servers
+
+    try:
+        server = local_servers.PostgreSQLServer()
+    except local_servers.ServerUnavailable as exc:
+        pytest.skip(str(exc))
+    server.start()
+    app = None
+    try:
+        settings = Settings.from_env(environ={}, dotenv=False, database=server.url(), reports_dir=tmp_path / "r",
+                                     data_dir=tmp_path / "d", workers=1, report_processes=0)
+        app = create_app(settings, load_data=False)
+        client = app.test_client()
+        assert client.get("/health").status_code == 200
+        server._run("pg_ctl", "-D", str(server.data), "-m", "fast", "-w", "stop")
+        answer = client.get(f"/get_report?report_id={uuid.uuid4()}")
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "10"
+        assert "database is not available" in answer.get_json()["error"]
+        assert client.post("/trigger_report", json={}).status_code == 503
+        page = client.get("/")
+        assert page.status_code == 503 and b"Traceback" not in page.data
+        health = client.get("/health")
+        assert health.status_code == 503 and "cannot be written" in health.get_json()["database"]
+    finally:
+        if app is not None:
+            shutdown(app)
+        server.port = None   # stopped already: stop() only removes its folder
+        server.stop()

@@ -32,7 +32,7 @@ import jobs
 import report_generator
 import sample_data
 from config import Settings
-from local_servers import RedisServer, free_port, wait_until
+from local_servers import free_port, wait_until
 
 if shutil.which("redis-server") is None and not os.path.exists("/usr/bin/redis-server"):
     pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)", allow_module_level=True)
@@ -152,10 +152,9 @@ def embedded_report(location, folder: Path, *, extended: bool = False) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def redis(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    yield server
-    server.stop()
+def redis(redis_server):
+    """The session's Redis (tests/conftest.py); these tests use its databases 0 and 1."""
+    return redis_server
 
 
 @pytest.fixture(scope="module")
@@ -696,3 +695,27 @@ def test_the_test_hook_is_off_unless_its_variable_was_set():
     """The kill -9 tests' hold (cluster._test_hook_hold_shard) is read once at import: this process never
     set SM_CLUSTER_TEST_HOLD, so a shard here pays nothing for it."""
     assert cluster.TEST_HOLD_ENV not in os.environ and cluster._TEST_HOLD_FOLDER is None
+
+
+def test_a_frozen_broker_gives_an_answer_in_seconds_not_a_hang(tmp_path):
+    """A Redis that accepts connections but never answers (SIGSTOP): /health's broker check and the lost-job
+    sweep's question give up within seconds instead of holding a request thread until Redis wakes up."""
+    from jobs import ReportJobs
+    from local_servers import RedisServer
+
+    frozen = RedisServer(tmp_path / "redis")
+    settings = Settings.from_env({}, database=tmp_path / "db.sqlite3", reports_dir=tmp_path / "reports",
+                                 data_dir=tmp_path / "data", broker_url=f"{frozen.url}/0")
+    pool = ReportJobs(settings)
+    try:
+        assert pool.broker_status() == "ok" and pool.broker_pending() == 0
+        os.kill(frozen.proc.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        status = pool.broker_status()
+        assert status.startswith("unreachable") and time.monotonic() - started < 8, status
+        started = time.monotonic()
+        assert pool.broker_pending() is None and time.monotonic() - started < 8
+    finally:
+        os.kill(frozen.proc.pid, signal.SIGCONT)
+        pool.close()
+        frozen.stop()

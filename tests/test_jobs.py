@@ -592,10 +592,11 @@ CELERY_LEASE = 253402300799.0   # cluster.CLUSTER_LEASE_UNTIL (not imported: no 
 
 
 @pytest.fixture
-def cluster_settings(tmp_path):
+def cluster_settings(tmp_path, redis_url):
+    """Cluster mode on a real Redis (an empty database of the session's server) with no worker running."""
     (tmp_path / "reports").mkdir()
     return Settings(database=tmp_path / "db.sqlite3", reports_dir=tmp_path / "reports", data_dir=tmp_path / "data",
-                    workers=2, queue_limit=3, broker_url="redis://127.0.0.1:9/0", broker_visibility_timeout=60)
+                    workers=2, queue_limit=3, broker_url=redis_url, broker_visibility_timeout=60)
 
 
 def start_celery_job(conn, report_id: str, worker: str = "w1") -> dict:
@@ -644,8 +645,11 @@ class Clock:
 
 def test_the_sweep_fails_cluster_jobs_whose_tasks_the_broker_lost(cluster_settings, pools, monkeypatch):
     """Redis restarted without persistence: a Queued job's start task, or a Running job's shards, are gone.
-    After twice the visibility timeout without any movement the sweep fails them; jobs that move, or wait
-    behind a job that moves, are left alone, and so are embedded and finished jobs."""
+    While the (real) broker holds a message of the service, nothing is failed: a backlog, or no worker
+    running. Once it holds none, jobs that have not moved for twice the visibility timeout are failed;
+    jobs that move, embedded jobs and finished jobs are left alone."""
+    import cluster
+    import redis
     from dataclasses import replace
 
     settings = replace(cluster_settings, broker_visibility_timeout=1)   # the window: 2 s
@@ -654,50 +658,55 @@ def test_the_sweep_fails_cluster_jobs_whose_tasks_the_broker_lost(cluster_settin
     pool = pools(settings)
     conn = database.connect(settings.database)
     ids = {name: f"00000000-0000-4000-8000-00000000000{n}" for n, name in
-           enumerate(["queued", "stalled", "moving", "behind", "embedded", "done"], 1)}
+           enumerate(["queued", "stalled", "moving", "embedded", "done"], 1)}
     for name, report_id in ids.items():
         database.create_report_job(conn, report_id, {})
-        time.sleep(0.005)   # distinct stamps (milliseconds): the order the broker's queue has them in
-        if name in ("stalled", "moving", "behind", "done"):
+        if name in ("stalled", "moving", "done"):
             start_celery_job(conn, report_id)
-        time.sleep(0.005)
     database.mark_report_complete(conn, ids["done"], file="x.csv", rows=0, as_of="2023-01-25T18:00:00Z", seconds=1)
-    assert database.claim_report_job(conn, "host:1:abc", 60, max_attempts=2, exhausted_error="x")["report_id"] \
-        == ids["queued"]   # the oldest waiting job: give it back, then claim the embedded one
-    conn.execute("UPDATE reports SET status = 'Queued', owner = NULL, lease_until = NULL, attempts = 0 "
-                 "WHERE report_id = ?", (ids["queued"],))
     conn.execute("UPDATE reports SET status = 'Running', owner = 'host:1:abc', lease_until = ? "
                  "WHERE report_id = ?", (time.time() + 3600, ids["embedded"]))
 
     def status(name):
         return database.get_report_job(conn, ids[name])["status"]
 
+    # A backlog: a real task message waits in the queue (no worker runs in this test).
+    cluster.enqueue(pool.sender(), "00000000-0000-4000-8000-0000000000ff")
+    assert pool.broker_pending() == 1
     assert pool.sweep()["lost"] == 0            # the first look: nothing is known to have stood still yet
-    clock.offset += 1.5
+    clock.offset += 3
     database.store_report_part(conn, ids["moving"], 0, 4, b"part")
-    assert pool.fail_lost_jobs() == []          # 1.5 s: within the window
-    clock.offset += 1.5
+    assert pool.fail_lost_jobs() == []          # 3 s without a move, but the broker holds a message
+    redis.Redis.from_url(settings.broker_url).flushdb()   # the broker restarted empty
+    assert pool.broker_pending() == 0
+    clock.offset += 1
     database.store_report_part(conn, ids["moving"], 1, 4, b"part")
-    assert sorted(pool.fail_lost_jobs()) == sorted([ids["queued"], ids["stalled"]])   # 3 s without a move
+    assert sorted(pool.fail_lost_jobs()) == sorted([ids["queued"], ids["stalled"]])   # 4 s without a move
     for name in ("queued", "stalled"):
         job = database.get_report_job(conn, ids[name])
         assert job["status"] == "Failed" and job["error"] == jobs.LOST_TASK_ERROR
-        assert "the broker lost this report's task" in job["error"] and "trigger it again" in job["error"]
+        assert "the broker lost this report's tasks" in job["error"] and "trigger it again" in job["error"]
     assert database.report_attempts(conn, ids["stalled"])[-1]["outcome"] == "Failed"
-    assert [status(name) for name in ("moving", "behind", "embedded", "done")] == [
-        "Running", "Running", "Running", "Complete"]
-    # `moving` ends: `behind` (whose shards waited behind its shards) starts its own clock again then
-    database.mark_report_complete(conn, ids["moving"], file="x.csv", rows=0, as_of="2023-01-25T18:00:00Z",
-                                  seconds=1)
-    clock.offset += 1.5
-    assert pool.fail_lost_jobs() == []
-    clock.offset += 1.5
-    assert pool.fail_lost_jobs() == []          # 1.5 s since `moving` ended
-    clock.offset += 1.0
-    assert pool.fail_lost_jobs() == [ids["behind"]]
-    assert database.report_parts(conn, ids["behind"]) == []
+    assert [status(name) for name in ("moving", "embedded", "done")] == ["Running", "Running", "Complete"]
+    clock.offset += 2.5
+    assert pool.fail_lost_jobs() == [ids["moving"]]   # it stopped moving too
+    assert database.report_parts(conn, ids["moving"]) == []
     assert status("embedded") == "Running"      # an embedded job's lease is the embedded pools' business
     assert pool.sweep()["lost"] == 0
+
+
+def test_nothing_is_failed_as_lost_while_the_broker_cannot_be_asked(cluster_settings, pools, monkeypatch):
+    from dataclasses import replace
+
+    clock = Clock()
+    monkeypatch.setattr(jobs, "time", clock)
+    pool = pools(replace(cluster_settings, broker_visibility_timeout=1, broker_url="redis://127.0.0.1:9/0"))
+    conn = database.connect(cluster_settings.database)
+    database.create_report_job(conn, "00000000-0000-4000-8000-000000000001", {})
+    assert pool.broker_pending() is None
+    assert pool.fail_lost_jobs() == []
+    clock.offset += 10
+    assert pool.fail_lost_jobs() == []
 
 
 def test_a_lost_job_is_not_failed_when_it_moves_or_in_embedded_mode(cluster_settings, settings, pools, monkeypatch):
