@@ -35,8 +35,8 @@ whose worker was killed (kill -9, a lost host) is delivered again: when only the
 as the worker notices (WorkerLostError, a few seconds), else once Redis's `visibility_timeout`
 (SM_BROKER_VISIBILITY_TIMEOUT) has passed. That timeout must exceed the longest task (its database retries,
 up to DB_RETRIES * DB_RETRY_SECONDS more, included), or a task still running is given to a second worker
-too. A Running job with no shard stored for twice that long, while no job ahead of it in the queue moves
-either, is taken for lost by the web processes' sweep (see below). `worker_prefetch_multiplier=1`:
+too. A Running job with no shard stored for twice that long, while the broker holds none of the service's
+messages, is taken for lost by the web processes' sweep (see below). `worker_prefetch_multiplier=1`:
 a worker holds no more tasks than it runs. Everything is idempotent: a shard run twice stores the same part
 once; a merge finds the job Complete (or Failed, or deleted) and does nothing but drop leftover parts; a
 merge that finds parts missing (a shard counted twice by the chord) waits for them, then fails the job.
@@ -54,8 +54,9 @@ claim nothing (no report threads), and even an embedded process on the same data
 neither takes it over nor fails it in its recovery. A start task delivered a third time (its workers died
 twice) fails the job, as embedded mode does after two interruptions. A job whose messages the broker lost
 (Redis restarted without persistence) is failed by the web processes' sweep (`jobs.ReportJobs.fail_lost_jobs`):
-Queued, or Running without progress, for more than twice SM_BROKER_VISIBILITY_TIMEOUT. So are the jobs of a
-cluster whose workers all stay down that long (their tasks then find the job Failed and do nothing).
+Queued, or Running without progress, for more than twice SM_BROKER_VISIBILITY_TIMEOUT while the broker holds
+none of the service's messages (`broker_pending`). Jobs waiting behind a backlog, or for workers that are
+all down, are not lost: their messages are still in the broker.
 
 One Redis database per deployment: a worker takes every task of the queue, so a second deployment (another
 SM_DATABASE) needs another Redis server or database number (redis://host:6379/1), else its workers would

@@ -37,7 +37,7 @@ class Settings:
     queue_limit: int = 16
     poll_reach_minutes: int | None = DEFAULT_REACH_MINUTES  # a report's reach unless it asks; None = unbounded
     report_retention_days: float = 7.0  # finished reports (rows and files) older than this are deleted
-    shard_stores: int = 2000      # stores per shard of a report (report_generator.SHARD_STORES)
+    shard_stores: int = 10_000    # stores per shard of a report, at most (report_generator.SHARD_STORES)
     shard_polls: int = 2_000_000  # polls in the week per shard, about (report_generator.SHARD_POLLS)
     report_processes: int = min(2, os.cpu_count() or 1)  # shard processes per server process; 0: none
     web_workers: int = 2          # gunicorn worker processes (`make run`); each runs `workers` report threads

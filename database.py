@@ -205,14 +205,15 @@ def ensure_loaded(conn, data_dir: str | Path) -> str:
 
 # --- the report's reads (each opens its own read-only snapshot) -------------------------------------------
 
-def plan_report_shards(location, *, shard_stores: int, shard_polls: int | None = None, lookback_us: int,
-                       as_of_us: int | None = None,
+def plan_report_shards(location, *, shard_stores: int, shard_polls: int | None = None, min_shards: int = 1,
+                       lookback_us: int, as_of_us: int | None = None,
                        store_ids: list[str] | None = None) -> tuple[int | None, list[tuple[int, int]]]:
     """The report's now (as_of, or the latest poll; None without polls) and store_key ranges [low, high]
     of at most `shard_stores` chosen stores and about `shard_polls` polls in the window each, in key order
     (storage.cut_shards)."""
     return backend(location).plan_report_shards(location, shard_stores=shard_stores, shard_polls=shard_polls,
-                                                lookback_us=lookback_us, as_of_us=as_of_us, store_ids=store_ids)
+                                                min_shards=min_shards, lookback_us=lookback_us, as_of_us=as_of_us,
+                                                store_ids=store_ids)
 
 
 def read_report_inputs(location, *, lookback_us: int, as_of_us: int | None = None,

@@ -834,10 +834,13 @@ def generate_timeline(location: str | Path, store_id: str, *, as_of=None,
 # Reports are computed in shards of stores: stores are independent of each other in a report, so each
 # shard (a range of store keys) is read and computed on its own and the rows are merged in store_id text
 # order, byte-identical to one computation over every store. Peak memory follows the shard, not the fleet.
-# Stores per shard (the service's SM_SHARD_STORES, config.Settings). Measured on 2 CPUs at 14,000 stores (bench/run.py): 4000
-# -> real size 0.38 s, 10x density 1.40 s with 500 MB per shard process; 2000 -> 0.44 s, 1.16 s, 305 MB;
-# 1000 -> 0.49 s, 1.14 s, 198 MB.
-SHARD_STORES = 2000
+# Stores per shard, at most (the service's SM_SHARD_STORES, config.Settings); embedded reports also split
+# into at least one shard per process (generate_report). Each shard costs a read and, in the cluster, a
+# round trip through the broker, so shards are as large as memory allows: SHARD_POLLS bounds that.
+# Measured on 2 CPUs at 14,000 stores before the poll bound (bench/run.py): 4000 stores -> real size
+# 0.38 s, 10x density 1.40 s with 500 MB per shard process; 2000 -> 0.44 s, 1.16 s, 305 MB; 1000 -> 0.49 s,
+# 1.14 s, 198 MB.
+SHARD_STORES = 10_000
 # Polls in the report's week per shard, at most (SM_SHARD_POLLS): a shard's memory follows its polls, about
 # 110 MB + 90 bytes a poll (bench/sizing.py: 2000 stores at 10 polls an hour, 2.3M polls, 331 MB; at 20 an
 # hour 494 MB, and 1000 stores at 20 an hour 327 MB), so this keeps a shard process near 300 MB however
@@ -924,10 +927,11 @@ def _merge_shards(results: list) -> pd.DataFrame:
 
 
 def plan_report(location: str | Path, *, shard_stores: int | None = None, shard_polls: int | None = None,
-                as_of=None, store_ids: list[str] | None = None) -> tuple[int, list]:
+                min_shards: int = 1, as_of=None, store_ids: list[str] | None = None) -> tuple[int, list]:
     """The report's `now` (UTC microseconds: as_of, or the latest poll) and its shards: store_key ranges of
     at most `shard_stores` stores and about `shard_polls` polls in the week (defaults SHARD_STORES,
-    SHARD_POLLS; see storage.cut_shards), or [None] for one shard over every chosen store.
+    SHARD_POLLS), at least `min_shards` of them where there are enough stores (see storage.cut_shards),
+    or [None] for one shard over every chosen store.
     The embedded path (generate_report) and the cluster (cluster.py) plan with this one function.
 
     Raises ReportError when there is nothing to report on (no polls at all).
@@ -937,7 +941,7 @@ def plan_report(location: str | Path, *, shard_stores: int | None = None, shard_
     now_us, shards = database.plan_report_shards(location, shard_stores=SHARD_STORES if shard_stores is None
                                                  else shard_stores,
                                                  shard_polls=SHARD_POLLS if shard_polls is None else shard_polls,
-                                                 lookback_us=WEEK_US,
+                                                 min_shards=min_shards, lookback_us=WEEK_US,
                                                  as_of_us=None if as_of is None else _to_utc_us(as_of),
                                                  store_ids=store_ids)
     if now_us is None:
@@ -990,8 +994,11 @@ def generate_report(location: str | Path, out_path: str | Path, *, as_of=None,
     started = time.perf_counter()
     store_ids = None if store_ids is None else list(store_ids)
     processes = REPORT_PROCESSES if processes is None else processes
-    now_us, shards = plan_report(location, shard_stores=shard_stores, shard_polls=shard_polls, as_of=as_of,
-                                 store_ids=store_ids)
+    # At least one shard per process: every core gets a share even of a fleet smaller than SHARD_STORES
+    # times the processes (measured at real size, 14,000 stores on 2 processes: 2 shards of 7,000 0.34 s,
+    # 7 of 2,000 0.42 s, 4 of 3,500 0.36 s; at 10 polls an hour SHARD_POLLS binds: 1.29-1.34 s either way).
+    now_us, shards = plan_report(location, shard_stores=shard_stores, shard_polls=shard_polls,
+                                 min_shards=max(1, processes), as_of=as_of, store_ids=store_ids)
     planned = time.perf_counter()
     job = (str(location), now_us)
     options = (store_ids, reach_minutes, default_timezone, extended)

@@ -82,17 +82,26 @@ class ReportInputs:
     special_hours: pd.DataFrame = field(default_factory=lambda: empty_frame(SPECIAL_COLUMNS))
 
 
-def cut_shards(keys, polls, *, shard_stores: int, shard_polls: int | None) -> list[tuple[int, int]]:
+MIN_SPLIT_STORES = 1000   # cut_shards' min_shards splits no further than this many stores a shard
+
+
+def cut_shards(keys, polls, *, shard_stores: int, shard_polls: int | None, min_shards: int = 1
+               ) -> list[tuple[int, int]]:
     """store_key ranges [low, high] (inclusive) over `keys` (ascending) with at most `shard_stores` stores
     and, where `shard_polls` is given, at most that many polls (`polls`: each store's polls in the report's
-    week) each; a store with more polls than that gets a shard of its own. The last range is open-ended
+    week) each; a store with more polls than that gets a shard of its own. With `min_shards` (the
+    processes that will compute them), the stores are also split into at least that many shards where
+    each still gets MIN_SPLIT_STORES stores, so that every process gets one (a smaller report is cheaper
+    in one piece than handed to other processes). The last range is open-ended
     upwards, so a store added after the plan still falls into a shard. Every backend plans with this.
 
     A shard's memory follows the polls it holds, not its stores (bench/sizing.py: about 110 MB for the
     process plus ~90 bytes a poll), so bounding the polls bounds a worker's memory however often stores
     are polled."""
-    if shard_stores < 1 or (shard_polls is not None and shard_polls < 1):
-        raise ValueError("shard_stores and shard_polls must be at least 1")
+    if shard_stores < 1 or (shard_polls is not None and shard_polls < 1) or min_shards < 1:
+        raise ValueError("shard_stores, shard_polls and min_shards must be at least 1")
+    if len(keys) >= min_shards * MIN_SPLIT_STORES:
+        shard_stores = min(shard_stores, -(-len(keys) // min_shards))
     lows, stores, held = [], 0, 0
     for key, count in zip(keys, polls):
         if not lows or stores == shard_stores or (shard_polls is not None and stores and held + count > shard_polls):

@@ -850,7 +850,7 @@ def _latest_poll_us(cursor: psycopg.Cursor) -> int | None:
 
 
 def plan_report_shards(location: str, *, shard_stores: int, shard_polls: int | None = None,
-                       lookback_us: int = BLOCK_US, as_of_us: int | None = None,
+                       min_shards: int = 1, lookback_us: int = BLOCK_US, as_of_us: int | None = None,
                        store_ids: list[str] | None = None) -> tuple[int | None, list[tuple[int, int]]]:
     """The report's now (as_of, or the latest poll; None without polls) and store_key ranges [low, high]
     (inclusive) of at most `shard_stores` chosen stores and about `shard_polls` polls in [now - lookback,
@@ -875,7 +875,7 @@ def plan_report_shards(location: str, *, shard_stores: int, shard_polls: int | N
                 {"start": start, "end": now_us, "first": start // BLOCK_US, "last": now_us // BLOCK_US}
             ).fetchall(), dtype=np.float64).reshape(-1, 2)
     return now_us, cut_shards(keys, common.polls_per_key(keys, counted), shard_stores=shard_stores,
-                              shard_polls=shard_polls)
+                              shard_polls=shard_polls, min_shards=min_shards)
 
 
 def read_report_inputs(location: str, *, lookback_us: int, as_of_us: int | None = None,

@@ -957,7 +957,7 @@ def _latest_poll_us(conn: sqlite3.Connection) -> int | None:
 
 
 def plan_report_shards(location: str | Path, *, shard_stores: int, shard_polls: int | None = None,
-                       lookback_us: int = BLOCK_US, as_of_us: int | None = None,
+                       min_shards: int = 1, lookback_us: int = BLOCK_US, as_of_us: int | None = None,
                        store_ids: list[str] | None = None) -> tuple[int | None, list[tuple[int, int]]]:
     """The report's now (as_of, or the latest poll; None without polls) and store_key ranges [low, high]
     (inclusive) of at most `shard_stores` chosen stores and about `shard_polls` polls in [now - lookback,
@@ -988,7 +988,7 @@ def plan_report_shards(location: str | Path, *, shard_stores: int, shard_polls: 
             conn.execute("ROLLBACK")
         conn.close()
     return now_us, cut_shards(keys, common.polls_per_key(keys, counted), shard_stores=shard_stores,
-                              shard_polls=shard_polls)
+                              shard_polls=shard_polls, min_shards=min_shards)
 
 
 def read_report_inputs(location: str | Path, *, lookback_us: int, as_of_us: int | None = None,

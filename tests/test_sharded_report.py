@@ -110,3 +110,18 @@ def test_shards_bounded_by_polls_are_byte_identical(loaded, tmp_path, shard_poll
                               processes=0, extended=True)
     assert (tmp_path / "by-polls.csv").read_bytes() == expected
     assert outcome.meta == whole.meta
+
+
+def test_cut_shards_gives_every_process_a_shard_of_a_big_enough_fleet():
+    from storage import MIN_SPLIT_STORES, cut_shards
+
+    top = 2**63 - 1
+    keys = list(range(1, 14_001))
+    polls = [100] * len(keys)
+    # 14,000 stores, at most 10,000 a shard, two processes: two shards of 7,000
+    assert cut_shards(keys, polls, shard_stores=10_000, shard_polls=None, min_shards=2) == [(1, 7000), (7001, top)]
+    # the poll bound still wins: 7,000 stores of 100 polls is more than 300,000
+    assert len(cut_shards(keys, polls, shard_stores=10_000, shard_polls=300_000, min_shards=2)) == 5
+    # a fleet too small to split (fewer than 2 x MIN_SPLIT_STORES stores): one shard, computed in place
+    small = list(range(1, MIN_SPLIT_STORES + 500))
+    assert cut_shards(small, [1] * len(small), shard_stores=10_000, shard_polls=None, min_shards=2) == [(1, top)]
