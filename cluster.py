@@ -584,6 +584,15 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: flo
     raise SystemExit(f"{what} did not listen on port {port} within {timeout:g} s")
 
 
+def worker_command(name: str, concurrency: int = 1, *, standalone: bool = False) -> list[str]:
+    """The command of one Celery worker of this service (node `name@<host>`, `concurrency` prefork
+    processes). `standalone`: skip the start-up exchange with other workers (mingle, gossip), which
+    workers that are started one at a time by a test or the benchmark do not need."""
+    command = [sys.executable, "-m", "celery", "-A", "cluster", "worker", "--loglevel=info",
+               f"--concurrency={concurrency}", "--pool=prefork", "-n", f"{name}@%h"]
+    return command + (["--without-mingle", "--without-gossip"] if standalone else [])
+
+
 def throwaway_postgres(sqlite: bool, database_env: str | None) -> bool:
     """Whether `cluster.py up` starts its own PostgreSQL: yes, unless SM_DATABASE already names a
     PostgreSQL database (postgresql://...) or `--sqlite` asks for SM_DATABASE's SQLite file."""
@@ -654,8 +663,7 @@ def up(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, str(PROJECT_DIR / "app.py"), "--prepare"], cwd=PROJECT_DIR, env=env,
                        check=True)
         for n in range(1, args.workers + 1):
-            start(f"worker-w{n}", [sys.executable, "-m", "celery", "-A", "cluster", "worker", "--loglevel=info",
-                                   f"--concurrency={args.concurrency}", "--pool=prefork", "-n", f"w{n}@%h"])
+            start(f"worker-w{n}", worker_command(f"w{n}", args.concurrency))
         web = start("web", [sys.executable, "-m", "gunicorn", "--config", str(PROJECT_DIR / "gunicorn.conf.py")])
         _wait_for_port(settings.port, web, "the web server")
         print(f"cluster up: http://{settings.host}:{settings.port} (broker "

@@ -59,11 +59,11 @@ def _embedded(url: str, out: Path, logs: Path, children: list, name: str, as_of:
 
 
 def _start_workers(count: int, env: dict, logs: Path, children: list, tag: str) -> list[Child]:
+    import cluster
+
     workers = []
     for n in range(1, count + 1):
-        worker = Child([sys.executable, "-m", "celery", "-A", "cluster", "worker", "--loglevel=info",
-                        "--concurrency=1", "--pool=prefork", "-n", f"w{n}@%h", "--without-mingle",
-                        "--without-gossip"], logs, f"worker-{tag}-w{n}", env=env)
+        worker = Child(cluster.worker_command(f"w{n}", standalone=True), logs, f"worker-{tag}-w{n}", env=env)
         children.append(worker)
         workers.append(worker)
     deadline = time.monotonic() + 60

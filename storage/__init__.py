@@ -130,14 +130,7 @@ def sqlite_path(location) -> Path:
 def unavailable_errors() -> tuple[type[BaseException], ...]:
     """The part of `errors()` that means the database cannot be used now (down, unreachable, locked for too
     long, out of disk) rather than a mistake in a statement: each driver's OperationalError."""
-    found: list[type[BaseException]] = [sqlite3.OperationalError]
-    try:
-        import psycopg
-    except ImportError:
-        pass
-    else:
-        found.append(psycopg.OperationalError)
-    return tuple(found)
+    return tuple(driver.OperationalError for driver in _drivers())
 
 
 def backend(target) -> ModuleType:
@@ -153,11 +146,14 @@ def backend(target) -> ModuleType:
 
 def errors() -> tuple[type[BaseException], ...]:
     """The exceptions a backend raises for database trouble (unreachable, locked, full disk, bad SQL)."""
-    found: list[type[BaseException]] = [sqlite3.Error]
+    return tuple(driver.Error for driver in _drivers())
+
+
+def _drivers() -> list[ModuleType]:
+    """The database drivers that can be in use: sqlite3, and psycopg where it is installed (without it
+    only SQLite can be in use). Both follow the DB-API's exception classes."""
     try:
         import psycopg
-    except ImportError:      # PostgreSQL support not installed: only SQLite can be in use
-        pass
-    else:
-        found.append(psycopg.Error)
-    return tuple(found)
+    except ImportError:
+        return [sqlite3]
+    return [sqlite3, psycopg]

@@ -72,10 +72,8 @@ class Worker:
         self.log_path = folder / f"worker-{name}.log"
         self.log_file = open(self.log_path, "ab")
         self.log_start = self.log_file.tell()   # a restarted worker appends: its readiness is in what follows
-        command = [sys.executable, "-m", "celery", "-A", "cluster", "worker", "--loglevel=info", "--concurrency=1",
-                   "--pool=prefork", "-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
-        self.proc = subprocess.Popen(command, cwd=PROJECT, env=environ, stdout=self.log_file,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cluster.worker_command(name, standalone=True), cwd=PROJECT, env=environ,
+                                     stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

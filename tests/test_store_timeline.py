@@ -1,5 +1,4 @@
 """A store's timeline explains its report row exactly: same totals, and segments that add up to them."""
-from datetime import datetime
 from fractions import Fraction
 
 import numpy as np
